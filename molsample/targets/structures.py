@@ -1,0 +1,90 @@
+"""Build starting structures from internal coordinates.
+
+The alanine dipeptide PDB shipped in ``systems/aldp`` was produced by
+:func:`build_alanine_dipeptide`: heavy atoms placed from standard peptide geometry
+(natural extension reference frame), hydrogens added by OpenMM's ``Modeller`` with the
+AMBER templates, then a local energy minimisation in the target force field.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def place_atom(a: np.ndarray, b: np.ndarray, c: np.ndarray, bond: float, angle: float,
+               torsion: float) -> np.ndarray:
+    """Position of atom D from A, B, C with |CD| = bond, angle BCD and torsion ABCD (degrees).
+
+    Parameters
+    ----------
+    a, b, c : ndarray, shape (3,), any length unit
+    bond : float, same length unit
+    angle, torsion : float, degrees
+    """
+    angle, torsion = np.deg2rad(angle), np.deg2rad(torsion)
+    bc = c - b
+    bc /= np.linalg.norm(bc)
+    n = np.cross(b - a, bc)
+    n /= np.linalg.norm(n)
+    m = np.cross(n, bc)
+    d2 = np.array([-bond * np.cos(angle), bond * np.sin(angle) * np.cos(torsion),
+                   bond * np.sin(angle) * np.sin(torsion)])
+    return c + d2[0] * bc + d2[1] * m + d2[2] * n
+
+
+def _dipeptide_heavy_atoms(phi: float, psi: float) -> list[tuple[str, str, str, np.ndarray]]:
+    """(residue, atom name, element, position in nm) of ACE-ALA-NME heavy atoms."""
+    ch3 = np.array([0.0, 0.0, 0.0])
+    c0 = np.array([0.152, 0.0, 0.0])
+    o0 = place_atom(np.array([0.0, 1.0, 0.0]), ch3, c0, 0.123, 121.0, 0.0)
+    n1 = place_atom(o0, ch3, c0, 0.133, 116.0, 180.0)
+    ca = place_atom(ch3, c0, n1, 0.146, 122.0, 180.0)          # omega (ACE)
+    c1 = place_atom(c0, n1, ca, 0.152, 111.0, phi)
+    cb = place_atom(c0, n1, ca, 0.153, 110.0, phi - 120.0)        # L-alanine
+    n2 = place_atom(n1, ca, c1, 0.133, 116.0, psi)
+    o1 = place_atom(n1, ca, c1, 0.123, 121.0, psi + 180.0)
+    c2 = place_atom(ca, c1, n2, 0.146, 122.0, 180.0)            # omega (NME)
+    return [("ACE", "CH3", "C", ch3), ("ACE", "C", "C", c0), ("ACE", "O", "O", o0),
+            ("ALA", "N", "N", n1), ("ALA", "CA", "C", ca), ("ALA", "CB", "C", cb),
+            ("ALA", "C", "C", c1), ("ALA", "O", "O", o1),
+            ("NME", "N", "N", n2), ("NME", "C", "C", c2)]
+
+
+def build_alanine_dipeptide(forcefield_files=("amber99sbildn.xml", "amber99_obc.xml"),
+                            phi: float = -80.0, psi: float = 80.0, minimise: bool = True):
+    """Build an ACE-ALA-NME structure (22 atoms) with OpenMM.
+
+    Returns
+    -------
+    topology : openmm.app.Topology
+    positions : ndarray, shape (22, 3), nm
+    """
+    import openmm
+    from openmm import app, unit
+
+    heavy = _dipeptide_heavy_atoms(phi, psi)
+    top = app.Topology()
+    chain = top.addChain()
+    residues, atoms = {}, {}
+    for res, name, elem, _ in heavy:
+        if res not in residues:
+            residues[res] = top.addResidue(res, chain)
+        atoms[(res, name)] = top.addAtom(name, app.Element.getBySymbol(elem), residues[res])
+    for a, b in [(("ACE", "CH3"), ("ACE", "C")), (("ACE", "C"), ("ACE", "O")),
+                 (("ACE", "C"), ("ALA", "N")), (("ALA", "N"), ("ALA", "CA")),
+                 (("ALA", "CA"), ("ALA", "CB")), (("ALA", "CA"), ("ALA", "C")),
+                 (("ALA", "C"), ("ALA", "O")), (("ALA", "C"), ("NME", "N")),
+                 (("NME", "N"), ("NME", "C"))]:
+        top.addBond(atoms[a], atoms[b])
+    pos = np.array([p for *_, p in heavy])
+    ff = app.ForceField(*forcefield_files)
+    modeller = app.Modeller(top, pos * unit.nanometer)
+    modeller.addHydrogens(ff)
+    top, positions = modeller.topology, modeller.positions
+    if minimise:
+        system = ff.createSystem(top, nonbondedMethod=app.NoCutoff, constraints=None)
+        integ = openmm.VerletIntegrator(0.001)
+        ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(positions)
+        openmm.LocalEnergyMinimizer.minimize(ctx, 1e-3, 0)
+        positions = ctx.getState(getPositions=True).getPositions(asNumpy=True)
+    return top, np.asarray(positions.value_in_unit(unit.nanometer))
