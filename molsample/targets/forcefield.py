@@ -11,11 +11,15 @@ conversion to reduced units happens in :class:`molsample.targets.openmm_target.O
 
 Soft cap
 --------
-Every interatomic squared distance enters the energy through :func:`soft_floor`, which is the
-identity for ``r >= r_c`` (``r_c = 0.05 nm`` by default, far below any distance a physical
-conformation reaches: covalent X-H bonds are ~0.1 nm) and, below it, a smooth (C2) monotone
-curve that levels off at ``r^2 = r_c^2 / 2``. Overlapping atoms therefore give large but
-finite energies and finite gradients, and every physically reachable conformation is exact.
+Every squared distance of a nonbonded or GB pair enters the energy through :func:`soft_floor`,
+which is the identity for ``r >= r_c`` (``r_c = 0.02 nm`` by default: a fifth of a covalent
+X-H bond, closer than any two atoms come in a conformation with finite Boltzmann weight) and,
+below it, a smooth (C2) monotone curve that levels off at ``r^2 = r_c^2 / 2``. Overlapping
+atoms therefore give large but finite energies and finite gradients (LJ at the floor is
+~1e16 kJ/mol, within float32 range), and every physically reachable conformation is exact.
+Bonded terms need no cap (harmonic bonds and angles are finite everywhere); their square roots,
+angles and dihedrals are guarded (double-where) so gradients stay finite when atoms coincide
+or lie on a line.
 """
 from __future__ import annotations
 
@@ -208,9 +212,9 @@ def _col(t: torch.Tensor) -> torch.Tensor:
     return t[:, None]
 
 
-def _bond_energy(d, p: ForceFieldParameters, c2: float) -> torch.Tensor:
+def _bond_energy(d, p: ForceFieldParameters, tiny: float) -> torch.Tensor:
     """d : (nb, 3, B) bond vectors."""
-    r = torch.sqrt(soft_floor(_dot(d, d), c2))
+    r = _safe_norm(_dot(d, d), tiny)
     return (_col(0.5 * p.bond_k) * (r - _col(p.bond_r0)) ** 2).sum(0)
 
 
@@ -305,7 +309,7 @@ class TorchForceField:
     that every gather and scatter is one matrix product.
     """
 
-    def __init__(self, params: ForceFieldParameters, n_atoms: int, r_cap: float = 0.05):
+    def __init__(self, params: ForceFieldParameters, n_atoms: int, r_cap: float = 0.02):
         self.params = params
         self.n_atoms = int(n_atoms)
         self.c2 = float(r_cap) ** 2
@@ -320,7 +324,7 @@ class TorchForceField:
         self._cache: dict = {}
 
     @classmethod
-    def from_system(cls, system, r_cap: float = 0.05) -> "TorchForceField":
+    def from_system(cls, system, r_cap: float = 0.02) -> "TorchForceField":
         return cls(parameters_from_system(system), system.getNumParticles(), r_cap)
 
     def _params(self, x: torch.Tensor) -> ForceFieldParameters:
@@ -333,11 +337,11 @@ class TorchForceField:
         """Energy per term (kJ/mol, each shape (B,)): bonds, angles, torsions, nonbonded, gbsa."""
         p = self._params(x)
         b = x.shape[0]
-        tiny = 1e-12 if x.dtype == torch.float64 else 1e-7
+        tiny = torch.finfo(x.dtype).tiny ** 0.5   # guards exact zeros only (1e-19 in float32)
         cols = x.permute(1, 2, 0).reshape(self.n_atoms, 3 * b)
         d = self._diff(cols).view(-1, 3, b)
         pair, bond, au, av, t1, t2, t3 = torch.split(d, self._split, dim=0)
-        out = {"bonds": _bond_energy(bond, p, self.c2), "angles": _angle_energy(au, av, p, tiny),
+        out = {"bonds": _bond_energy(bond, p, tiny), "angles": _angle_energy(au, av, p, tiny),
                "torsions": _torsion_energy(t1, t2, t3, p, tiny)}
         r2 = soft_floor(_dot(pair, pair), self.c2)
         out["nonbonded"] = _nonbonded_energy(r2, p)

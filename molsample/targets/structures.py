@@ -88,3 +88,35 @@ def build_alanine_dipeptide(forcefield_files=("amber99sbildn.xml", "amber99_obc.
         openmm.LocalEnergyMinimizer.minimize(ctx, 1e-3, 0)
         positions = ctx.getState(getPositions=True).getPositions(asNumpy=True)
     return top, np.asarray(positions.value_in_unit(unit.nanometer))
+
+
+def icosahedron() -> np.ndarray:
+    """The 12 vertices of a regular icosahedron with unit circumradius, shape (12, 3)."""
+    golden = (1 + 5**0.5) / 2
+    v = []
+    for a in (-1, 1):
+        for b in (-1, 1):
+            v += [(0, a, b * golden), (a, b * golden, 0), (b * golden, 0, a)]
+    return np.array(v, dtype=float) / np.sqrt(1 + golden**2)
+
+
+def mackay_icosahedron(shells: int, spacing: float = 1.0) -> np.ndarray:
+    """Sites of a Mackay icosahedron: centre plus 1 shell (13 sites) or 2 shells (55 sites).
+
+    The second shell has the 12 vertices at twice the first shell's radius and the 30 midpoints
+    of its edges. ``spacing`` is the centre-to-vertex distance of the first shell.
+
+    Returns
+    -------
+    ndarray, shape (13, 3) or (55, 3), in units of ``spacing``
+    """
+    if shells not in (1, 2):
+        raise ValueError(f"shells must be 1 or 2, got {shells}")
+    ico = icosahedron()
+    d = np.linalg.norm(ico[:, None] - ico[None], axis=-1)
+    edge = d[d > 1e-9].min()
+    edges = [(i, j) for i in range(12) for j in range(i + 1, 12) if np.isclose(d[i, j], edge)]
+    pts = [np.zeros(3)] + list(ico)
+    if shells == 2:
+        pts += list(2 * ico) + [ico[i] + ico[j] for i, j in edges]
+    return spacing * np.array(pts)
