@@ -192,3 +192,14 @@ def test_user_system_from_yaml_and_unmatched_residue(tmp_path):
     (tmp_path / "mol.pdb").write_text("\n".join(lines) + "\n")
     with pytest.raises(SystemBuildError, match=r"cannot match.*ALA"):
         load_target(tmp_path / "mol.yaml")
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(aldp_conformations):
+    target = load_target("aldp")
+    x = torch.as_tensor(aldp_conformations[:64])
+    u_cpu = target.energy(x)
+    u_gpu = target.energy(x.cuda())
+    assert u_gpu.device.type == "cuda"
+    assert torch.allclose(u_gpu.cpu(), u_cpu, rtol=1e-10, atol=1e-8)
+    assert torch.allclose(target.score(x.cuda()).cpu(), target.score(x), rtol=1e-8, atol=1e-6)
