@@ -339,7 +339,7 @@ class TorchForceField:
         b = x.shape[0]
         tiny = torch.finfo(x.dtype).tiny ** 0.5   # guards exact zeros only (1e-19 in float32)
         cols = x.permute(1, 2, 0).reshape(self.n_atoms, 3 * b)
-        d = self._diff(cols).view(-1, 3, b)
+        d = self._diff(cols).reshape(-1, 3, b)
         pair, bond, au, av, t1, t2, t3 = torch.split(d, self._split, dim=0)
         out = {"bonds": _bond_energy(bond, p, tiny), "angles": _angle_energy(au, av, p, tiny),
                "torsions": _torsion_energy(t1, t2, t3, p, tiny)}

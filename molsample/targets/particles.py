@@ -29,7 +29,7 @@ def pair_r2(x: torch.Tensor) -> torch.Tensor:
     Differences are one matrix product with a fixed incidence matrix (fast backward).
     """
     b, n, s = x.shape
-    d = _pair_operator(n)(x.permute(1, 2, 0).reshape(n, s * b)).view(-1, s, b)
+    d = _pair_operator(n)(x.permute(1, 2, 0).reshape(n, s * b)).reshape(-1, s, b)
     return (d * d).sum(1)
 
 

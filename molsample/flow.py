@@ -1,0 +1,146 @@
+"""Noise schedule, prior, Euler-Maruyama and probability-flow steps, K-step integration.
+
+Time t in [0, 1]: t = 0 is the prior, t = 1 the target. A *velocity* ``b(x, t, d)`` defines the
+deterministic step Phi(x; t, d) = x + d b(x, t, d); the drift network enters through
+``b = 0.5 sigma(t) u(x, t, d) + 0.5 beta(t) x`` (:class:`DriftVelocity`). Everything works on
+batches of shape (B, *event_shape); particle systems live on the subspace of zero centroid.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    """Cosine VP schedule (as the OSDS code): with tau = 1 - t,
+    beta = 0.5 (beta_max - beta_min) cos^2(0.5 pi (1 + c - tau) / (1 + c)) + 0.5 beta_min,
+    sigma(t) = s0 sqrt(beta(t)). About 5 at t = 0 and 0.005 at t = 1 with the defaults.
+    """
+    s0: float = 1.0
+    beta_min: float = 0.01
+    beta_max: float = 10.0
+    c: float = 0.008
+
+    def _theta(self, t):
+        return 0.5 * math.pi * (self.c + t) / (1 + self.c)
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.beta_max - self.beta_min) * torch.cos(self._theta(t)) ** 2 + 0.5 * self.beta_min
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return self.s0 * torch.sqrt(self.beta(t))
+
+    def int_beta(self, t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
+        """Closed-form integral of beta over [t0, t1]."""
+        a = 0.5 * (self.beta_max - self.beta_min)
+        k = (1 + self.c) / (2 * math.pi)
+        prim = lambda t: a * (0.5 * t + k * torch.sin(2 * self._theta(t))) + 0.5 * self.beta_min * t
+        return prim(t1) - prim(t0)
+
+
+class Space:
+    """The space samples live in: R^D, or the zero-centroid subspace of (N, s) particle positions.
+
+    Parameters
+    ----------
+    event_shape : tuple of int
+    com_free : bool
+        Project onto the zero-centroid subspace (particles only).
+    """
+
+    def __init__(self, event_shape: tuple[int, ...], com_free: bool = False):
+        self.event_shape = tuple(event_shape)
+        self.com_free = bool(com_free) and len(event_shape) == 2
+        self.dim = math.prod(event_shape)
+        self.dof = self.dim - (event_shape[1] if self.com_free else 0)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(dim=1, keepdim=True) if self.com_free else x
+
+    def randn(self, n: int, generator: torch.Generator | None, dtype=torch.float64, device=None) -> torch.Tensor:
+        """Standard normal on the space, shape (n, *event_shape)."""
+        z = torch.randn((n, *self.event_shape), generator=generator, dtype=dtype,
+                        device=device if device is not None else "cpu")
+        return self.project(z).to(device) if device is not None else self.project(z)
+
+    def gaussian_log_prob(self, diff: torch.Tensor, var: torch.Tensor | float) -> torch.Tensor:
+        """log N(diff; 0, var I) on the space (dof dimensions), diff : (B, *event_shape) -> (B,)."""
+        var = torch.as_tensor(var, dtype=diff.dtype, device=diff.device)
+        sq = diff.reshape(diff.shape[0], -1).pow(2).sum(1)
+        return -0.5 * sq / var - 0.5 * self.dof * torch.log(2 * math.pi * var)
+
+    def basis(self, dtype=torch.float64, device=None) -> torch.Tensor:
+        """Orthonormal basis Q of the space in flattened coordinates, shape (dim, dof)."""
+        if not self.com_free:
+            return torch.eye(self.dim, dtype=dtype, device=device)
+        n, s = self.event_shape
+        ones = torch.ones(n, 1, dtype=torch.float64)
+        q, _ = torch.linalg.qr(torch.cat([ones, torch.eye(n, dtype=torch.float64)[:, : n - 1]], dim=1))
+        qn = q[:, 1:].contiguous()                              # (n, n-1), orthogonal to ones
+        return torch.kron(qn, torch.eye(s, dtype=torch.float64)).to(dtype=dtype, device=device)
+
+
+class Prior:
+    """p0 = N(0, s0^2 I) on a :class:`Space`."""
+
+    def __init__(self, space: Space, s0: float):
+        self.space, self.s0 = space, float(s0)
+
+    def sample(self, n: int, generator=None, dtype=torch.float64, device=None) -> torch.Tensor:
+        return self.s0 * self.space.randn(n, generator, dtype, device)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.space.gaussian_log_prob(x, self.s0**2)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return -x / self.s0**2
+
+
+def _bt(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast a (B,) tensor against x : (B, ...)."""
+    return v.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def as_times(value, x: torch.Tensor) -> torch.Tensor:
+    """A scalar or (B,) time / step size as a (B,) tensor in x's dtype and device."""
+    v = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    return v.expand(x.shape[0]) if v.dim() == 0 else v
+
+
+class DriftVelocity:
+    """b(x, t, d) = 0.5 sigma(t) u(x, t, d) + 0.5 beta(t) x for a drift u (e.g. a network)."""
+
+    def __init__(self, drift: Callable, schedule: CosineSchedule):
+        self.drift, self.schedule = drift, schedule
+
+    def __call__(self, x, t, d, **kw):
+        t, d = as_times(t, x), as_times(d, x)
+        u = self.drift(x, t, d, **kw)
+        return 0.5 * _bt(self.schedule.sigma(t), x) * u + 0.5 * _bt(self.schedule.beta(t), x) * x
+
+
+def pf_step(velocity: Velocity, x: torch.Tensor, t, d, **kw) -> torch.Tensor:
+    """Deterministic step Phi(x; t, d) = x + d b(x, t, d)."""
+    t, d = as_times(t, x), as_times(d, x)
+    return x + _bt(d, x) * velocity(x, t, d, **kw)
+
+
+def em_mean(drift: Callable, schedule: CosineSchedule, x, t, d, **kw):
+    """Mean and std of the Euler-Maruyama kernel x' = x + d [sigma u + 0.5 beta x] + sigma sqrt(d) eps."""
+    t, d = as_times(t, x), as_times(d, x)
+    sig = _bt(schedule.sigma(t), x)
+    mean = x + _bt(d, x) * (sig * drift(x, t, d, **kw) + 0.5 * _bt(schedule.beta(t), x) * x)
+    return mean, sig * torch.sqrt(_bt(d, x))
+
+
+def reference_backward_mean(schedule: CosineSchedule, x_next, t_next, d):
+    """Mean and std of the discretised VP noising kernel B(x_k | x_{k+1}) evaluated at t_{k+1}."""
+    t_next, d = as_times(t_next, x_next), as_times(d, x_next)
+    mean = x_next - 0.5 * _bt(d * schedule.beta(t_next), x_next) * x_next
+    return mean, _bt(schedule.sigma(t_next) * torch.sqrt(d), x_next)

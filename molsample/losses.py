@@ -1,0 +1,121 @@
+"""Training losses as small pure functions (see docs in METHOD: diffusion, self-consistency,
+volume consistency, Jacobian penalty). Each returns a scalar loss tensor (and what later losses
+reuse)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .flow import CosineSchedule, Prior, _bt, em_mean, pf_step, reference_backward_mean
+from .jacobian import rademacher, step_log_volume
+
+
+@dataclass(frozen=True)
+class EMPath:
+    """An Euler-Maruyama path of the base sampler.
+
+    states : (N + 1, B, *event_shape), detached; log_w : (B,) log pi~(x_N) - log of the path
+    density ratio (its mean is the ELBO), differentiable when the path was.
+    """
+    states: torch.Tensor
+    log_w: torch.Tensor
+
+
+def simulate_path(drift, schedule: CosineSchedule, prior: Prior, target, n: int, n_base: int,
+                  generator: torch.Generator | None, dtype=torch.float32, device="cpu",
+                  differentiable: bool = True, score_fixed: bool = False) -> EMPath:
+    """Simulate the N_base-step SDE from the prior and accumulate log w along it.
+
+    log w = log pi~(x_N) - [log p0(x_0) + sum_k (log F(x_{k+1}|x_k) - log B(x_k|x_{k+1}))].
+    With ``differentiable`` the loss backpropagates through the whole path (reverse KL).
+    """
+    space = prior.space
+    delta = 1.0 / n_base
+    x = prior.sample(n, generator, dtype=dtype).to(device)
+    log_ratio = prior.log_prob(x)
+    states = [x.detach()]
+    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        for k in range(n_base):
+            t = k * delta
+            mean, std = em_mean(drift, schedule, x, t, delta, score_fixed=score_fixed)
+            eps = space.randn(n, generator, dtype=dtype).to(device)
+            x_next = mean + std * eps
+            log_f = space.gaussian_log_prob(x_next - mean, std.reshape(-1)[0] ** 2)
+            b_mean, b_std = reference_backward_mean(schedule, x_next, t + delta, delta)
+            log_b = space.gaussian_log_prob(x - b_mean, b_std.reshape(-1)[0] ** 2)
+            log_ratio = log_ratio + log_f - log_b
+            x = x_next
+            states.append(x.detach())
+        log_w = -target.energy(x) - log_ratio
+    return EMPath(torch.stack(states), log_w)
+
+
+def kl_loss(path: EMPath) -> torch.Tensor:
+    """Discrete reverse KL up to log Z: -mean(log w) of a differentiable path."""
+    return -path.log_w.mean()
+
+
+def log_variance_loss(drift, schedule: CosineSchedule, prior: Prior, target, path: EMPath,
+                      score_fixed: bool = False) -> torch.Tensor:
+    """Var(log w) with log F re-evaluated by the current network on the detached path states."""
+    space, states = prior.space, path.states
+    n_base = states.shape[0] - 1
+    delta = 1.0 / n_base
+    log_ratio = prior.log_prob(states[0])
+    for k in range(n_base):
+        t = k * delta
+        mean, std = em_mean(drift, schedule, states[k], t, delta, score_fixed=score_fixed)
+        log_f = space.gaussian_log_prob(states[k + 1] - mean, std.reshape(-1)[0] ** 2)
+        b_mean, b_std = reference_backward_mean(schedule, states[k + 1], t + delta, delta)
+        log_b = space.gaussian_log_prob(states[k] - b_mean, b_std.reshape(-1)[0] ** 2)
+        log_ratio = log_ratio + log_f - log_b
+    log_w = -target.energy(states[-1]).detach() - log_ratio
+    return log_w.var()
+
+
+def sample_big_steps(n: int, n_base: int, generator: torch.Generator | None):
+    """Per sample: step d = 2^j / N_base with j ~ U{1..log2 N_base}, a start time on the grid at
+    a multiple of d, and the index of that time on the base path. Returns (t, d, index), (n,)."""
+    levels = int(round(math.log2(n_base)))
+    if 2**levels != n_base:
+        raise ValueError(f"n_base must be a power of two, got {n_base}")
+    j = torch.randint(1, levels + 1, (n,), generator=generator)
+    span = 2**j                                              # base steps per big step
+    m = (torch.rand(n, generator=generator, dtype=torch.float64) * (n_base // span)).long()
+    index = m * span
+    return index.double() / n_base, span.double() / n_base, index
+
+
+def self_consistency(student, teacher, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor):
+    """L_SD = mean over dims and batch of (x_tgt - x_pred)^2; two teacher half steps vs one
+    student step. Returns (loss, x_mid) with x_mid the teacher's midpoint (detached)."""
+    with torch.no_grad():
+        x_mid = pf_step(teacher, x, t, d / 2)
+        x_tgt = pf_step(teacher, x_mid, t + d / 2, d / 2)
+    x_pred = pf_step(student, x, t, d)
+    return (x_tgt - x_pred).pow(2).mean(), x_mid
+
+
+def volume_consistency(student, teacher, x, x_mid, t, d, space, method: str = "paper",
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """L_vol = (l_teacher(x; t, d/2) + l_teacher(x_mid; t + d/2, d/2) - l_student(x; t, d))^2.
+
+    ``method`` is the log-volume of :func:`step_log_volume`: ``paper`` (first-order trace, one
+    probe, Langevin input fixed) or ``exact`` (slogdet; exact log-dets add up once L_SD = 0).
+    """
+    l1 = step_log_volume(teacher, x, t, d / 2, space, method, generator=generator).log_det.detach()
+    l2 = step_log_volume(teacher, x_mid, t + d / 2, d / 2, space, method, generator=generator).log_det.detach()
+    ls = step_log_volume(student, x, t, d, space, method, generator=generator, create_graph=True).log_det
+    return (l1 + l2 - ls).pow(2).mean()
+
+
+def jacobian_penalty(drift, x: torch.Tensor, t, d, space, generator: torch.Generator | None) -> torch.Tensor:
+    """E[|J_u^T v|^2] with a Rademacher v (an unbiased estimate of ||J_u||_F^2)."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        u = drift(xg, t, d, score_fixed=True)
+        v = rademacher(space, xg, generator)
+        (jtv,) = torch.autograd.grad(u, xg, v, create_graph=True)
+    return jtv.reshape(x.shape[0], -1).pow(2).sum(1).mean()

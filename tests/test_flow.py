@@ -1,0 +1,180 @@
+"""Schedule, steps, exact log-determinants and the consistency losses against analytic answers."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate as sci_integrate
+
+from molsample.flow import CosineSchedule, DriftVelocity, Prior, Space, pf_step
+from molsample.jacobian import lipschitz_ratio, step_log_volume, velocity_jacobian
+from molsample.losses import self_consistency, volume_consistency
+from molsample.nn import LangevinDrift, MLPCore
+from molsample.sampler import integrate
+from molsample.targets import Funnel, LennardJones
+
+SCHED = CosineSchedule(s0=2.0)
+
+
+def test_cosine_schedule_end_points_and_integral():
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    b = SCHED.beta(t)
+    assert abs(b[0].item() - 5.0) < 0.01 and abs(b[1].item() - 0.005) < 1e-9
+    for t0, t1 in [(0.0, 1.0), (0.25, 0.3125), (0.9, 1.0)]:
+        ref, _ = sci_integrate.quad(lambda s: SCHED.beta(torch.tensor(s, dtype=torch.float64)).item(), t0, t1)
+        got = SCHED.int_beta(torch.tensor(t0, dtype=torch.float64), torch.tensor(t1, dtype=torch.float64))
+        assert abs(got.item() - ref) < 1e-10
+
+
+def small_drift(space, target, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    core = MLPCore(space, hidden=32, layers=2, n_base=8)
+    for p in core.out.parameters():               # non-zero output so the Jacobian is non-trivial
+        torch.nn.init.normal_(p, std=0.3)
+    drift = LangevinDrift(core, target, Prior(space, SCHED.s0), SCHED, clip=1e3, n_base=8).to(dtype)
+    return DriftVelocity(drift, SCHED)
+
+
+def dense_step_jacobian(velocity, x, t, d, space):
+    """Slow reference: full autograd Jacobian of one sample's step, restricted to the space."""
+    q = space.basis(torch.float64)
+    out = []
+    for xi in x:
+        f = lambda y: pf_step(velocity, y.reshape(1, *space.event_shape), t, d).reshape(-1)
+        j = torch.autograd.functional.jacobian(f, xi.reshape(-1))
+        out.append(q.T @ j @ q)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("case", ["vector", "particles"])
+@pytest.mark.parametrize("t", [0.0, 0.5])
+def test_exact_log_det_matches_dense_slogdet(case, t):
+    target = Funnel(dim=5) if case == "vector" else LennardJones(4)
+    space = Space(target.event_shape, target.com_free)
+    v = small_drift(space, target)
+    gen = torch.Generator().manual_seed(1)
+    x = Prior(space, 0.3 if case == "particles" else 1.0).sample(4, gen)
+    if case == "particles":   # a spread-out tetrahedron plus noise, away from the soft cap
+        x = x + space.project(torch.tensor([[0, 0, 0], [1.2, 0, 0], [0, 1.2, 0], [0, 0, 1.2]],
+                                           dtype=torch.float64)[None])
+    d = 0.25
+    ref = dense_step_jacobian(v, x, t, d, space)
+    vol = step_log_volume(v, x, t, d, space, "exact")
+    sign, logabs = torch.linalg.slogdet(ref)
+    assert torch.allclose(vol.log_det, logabs, atol=1e-10) and torch.equal(vol.sign, sign)
+    tr = step_log_volume(v, x, t, d, space, "trace").log_det
+    eye = torch.eye(space.dof, dtype=torch.float64)
+    assert torch.allclose(tr, torch.diagonal(ref - eye, dim1=1, dim2=2).sum(-1), atol=1e-10)
+
+
+def test_hutchinson_trace_is_unbiased():
+    target = Funnel(dim=6)
+    space = Space(target.event_shape)
+    v = small_drift(space, target)
+    x = Prior(space, 1.0).sample(3, torch.Generator().manual_seed(2))
+    exact = step_log_volume(v, x, 0.5, 0.25, space, "trace").log_det
+    gen = torch.Generator().manual_seed(3)
+    est = torch.stack([step_log_volume(v, x, 0.5, 0.25, space, "hutchinson", generator=gen).log_det
+                       for _ in range(4000)])
+    err = (est.mean(0) - exact).abs()
+    assert (err < 4 * est.std(0) / math.sqrt(4000)).all()
+
+
+def test_langevin_hessian_enters_the_jacobian_unless_held_fixed():
+    target = Funnel(dim=4)
+    space = Space(target.event_shape)
+    v = small_drift(space, target)
+    x = Prior(space, 1.0).sample(2, torch.Generator().manual_seed(4))
+    full = velocity_jacobian(v, x, 0.7, 0.25, space)
+    fixed = velocity_jacobian(v, x, 0.7, 0.25, space, score_fixed=True)
+    assert (full - fixed).abs().max() > 1e-3
+    assert torch.allclose(velocity_jacobian(v, x, 0.0, 0.25, space),
+                          velocity_jacobian(v, x, 0.0, 0.25, space, score_fixed=True))   # t = 0: prior only
+
+
+class ExactLinearFlow:
+    """b = (exp(0.5 int_t^{t+d} beta) - 1) x / d: the exact flow map of dx/dt = 0.5 beta x."""
+
+    def __call__(self, x, t, d, **kw):
+        t, d = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0]), torch.as_tensor(d, dtype=x.dtype).expand(x.shape[0])
+        g = torch.expm1(0.5 * SCHED.int_beta(t, t + d)) / d
+        return g.reshape(-1, *([1] * (x.dim() - 1))) * x
+
+
+class EulerLinearFlow:
+    """b = 0.5 beta(t) x, independent of the step size."""
+
+    def __call__(self, x, t, d, **kw):
+        t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
+        return 0.5 * SCHED.beta(t).reshape(-1, *([1] * (x.dim() - 1))) * x
+
+
+def test_consistency_losses_vanish_for_the_exact_linear_flow():
+    space = Space((6,))
+    x = Prior(space, 1.0).sample(64, torch.Generator().manual_seed(5))
+    v = ExactLinearFlow()
+    t, d = torch.full((64,), 0.25, dtype=torch.float64), torch.full((64,), 0.5, dtype=torch.float64)
+    l_sd, x_mid = self_consistency(v, v, x, t, d)
+    assert l_sd.item() < 1e-28
+    assert volume_consistency(v, v, x, x_mid, t, d, space, "exact").item() < 1e-24
+    first_order = volume_consistency(v, v, x, x_mid, t, d, space, "trace").item()
+    half = lambda t0, t1: 0.5 * SCHED.int_beta(torch.tensor(t0, dtype=torch.float64),
+                                               torch.tensor(t1, dtype=torch.float64)).item()
+    a1, a2 = half(0.25, 0.5), half(0.5, 0.75)
+    # first order: D (e^{a1} - 1) + D (e^{a2} - 1) for the two halves vs D (e^{a1 + a2} - 1)
+    expected = (6 * (math.expm1(a1) + math.expm1(a2) - math.expm1(a1 + a2))) ** 2
+    assert abs(first_order - expected) < 1e-9 * expected and first_order > 1e-3
+
+
+def test_self_consistency_of_a_step_independent_euler_drift_is_second_order():
+    space = Space((4,))
+    x = Prior(space, 1.0).sample(32, torch.Generator().manual_seed(6))
+    errs = []
+    for d in (0.25, 0.125, 0.0625, 0.03125):
+        t, dd = torch.zeros(32, dtype=torch.float64), torch.full((32,), d, dtype=torch.float64)
+        errs.append(math.sqrt(self_consistency(EulerLinearFlow(), EulerLinearFlow(), x, t, dd)[0].item()))
+    order = np.polyfit(np.log([0.25, 0.125, 0.0625, 0.03125]), np.log(errs), 1)[0]
+    assert min(errs) > 0 and abs(order - 2.0) < 0.1
+
+
+class RandomLinearFlow:
+    """b = M(t) x with a fixed random non-symmetric matrix family: x_K = L x_0 exactly."""
+
+    def __init__(self, dim, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.a = torch.randn(dim, dim, generator=g, dtype=torch.float64) * 0.15
+        self.c = torch.randn(dim, dim, generator=g, dtype=torch.float64) * 0.15
+
+    def matrix(self, t):
+        return self.a + t * self.c
+
+    def __call__(self, x, t, d, **kw):
+        t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
+        m = self.a[None] + t[:, None, None] * self.c[None]
+        return torch.einsum("bij,bj->bi", m, x)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8, 32])
+def test_k_step_log_q_matches_closed_form_for_a_linear_drift(steps):
+    dim, s0 = 5, 1.7
+    space = Space((dim,))
+    prior = Prior(space, s0)
+    v = RandomLinearFlow(dim)
+    x0 = prior.sample(200, torch.Generator().manual_seed(7))
+    x, log_q, bad, _ = integrate(v, prior, x0, steps, "exact")
+    lmat = torch.eye(dim, dtype=torch.float64)
+    for k in range(steps):
+        lmat = (torch.eye(dim, dtype=torch.float64) + v.matrix(k / steps) / steps) @ lmat
+    cov = s0**2 * lmat @ lmat.T
+    ref = torch.distributions.MultivariateNormal(torch.zeros(dim, dtype=torch.float64), cov).log_prob(x)
+    assert torch.allclose(x, x0 @ lmat.T, atol=1e-12)
+    assert (log_q - ref).abs().max() < 1e-6 and not bad.any()
+
+
+def test_lipschitz_ratio_of_a_known_linear_step():
+    # step = (1 + d beta/2) I + (d sigma/2) J_u with J_u = diag(2, -1): ratio = (d sigma/2) * 2 / (1 + d beta/2)
+    d, beta, sigma = 0.5, 1.0, 0.8
+    step = torch.diag(torch.tensor([1 + d * beta / 2 + d * sigma / 2 * 2, 1 + d * beta / 2 - d * sigma / 2],
+                                   dtype=torch.float64))[None]
+    r = lipschitz_ratio(step, torch.tensor([sigma]), torch.tensor([beta]), torch.tensor([d]))
+    assert abs(r.item() - (d * sigma) / (1 + d * beta / 2)) < 1e-12
