@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -67,6 +68,85 @@ def _cmd_energy(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from .config import ExperimentConfig
+    from .train import train
+
+    cfg = ExperimentConfig.load(args.config)
+    if args.seed is not None:
+        cfg = replace(cfg, seed=args.seed)
+    if args.iterations is not None:
+        cfg = replace(cfg, train=replace(cfg.train, iterations=args.iterations))
+    out = args.out or f"runs/{Path(args.config).stem}"
+    state = train(cfg, out, device=args.device, resume=args.resume, progress=not args.quiet)
+    print(f"trained {state.iteration} iterations ({state.cpu_seconds:.0f} CPU-s in total, "
+          f"{state.nonfinite_total} non-finite batches skipped); checkpoint: {Path(out) / 'checkpoint.pt'}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    import torch
+
+    from .sampler import sample
+    from .train import load_checkpoint
+
+    exp, ckpt = load_checkpoint(args.checkpoint, args.device)
+    gen = torch.Generator().manual_seed(args.seed)
+    s = sample(exp.velocity(), exp.prior, exp.target, args.n, args.steps, args.weights, gen,
+               batch_size=args.batch_size, dtype=exp.dtype, device=exp.device, schedule=exp.schedule)
+    meta = {"system": exp.target.name, "checkpoint": str(args.checkpoint), "steps": args.steps,
+            "weights": args.weights, "n": args.n, "seed": args.seed, "seconds": s.seconds,
+            "n_nonpositive_det": s.n_nonpositive_det,
+            "lipschitz_max": s.lipschitz_max if np.isfinite(s.lipschitz_max) else None,
+            "log_z_true": exp.target.log_z, "training_iterations": ckpt["state"]["iteration"],
+            "training_cpu_seconds": ckpt["state"]["cpu_seconds"]}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, x=s.x.double().cpu().numpy(), log_q=s.log_q.double().cpu().numpy(),
+             log_w=s.log_w.double().cpu().numpy(), log_prob=s.log_prob.double().cpu().numpy(),
+             meta=json.dumps(meta))
+    if args.traj:
+        topology = getattr(exp.target, "topology", None)
+        if topology is None:
+            raise ValueError(f"--traj needs a molecular system; {exp.target.name} has no topology")
+        import mdtraj
+        mdtraj.Trajectory(s.x.double().cpu().numpy(), topology).save(args.traj)
+    print(f"wrote {args.n} samples ({args.steps} step(s), {args.weights} weights, {s.seconds:.1f} s) to {out}"
+          + (f"; det <= 0 at {s.n_nonpositive_det} samples" if args.weights == "exact" else ""))
+    return 0
+
+
+def _cmd_estimate(args) -> int:
+    from .estimate import summarise
+
+    with np.load(args.file, allow_pickle=False) as data:
+        if "log_w" not in data:
+            raise ValueError(f"{args.file}: no 'log_w' array; write it with `molsample sample`")
+        log_w = data["log_w"]
+        meta = json.loads(str(data["meta"])) if "meta" in data else {}
+    result = {"file": str(args.file), **summarise(log_w, n_boot=args.bootstrap, seed=args.seed), **{
+        k: meta[k] for k in ("system", "steps", "weights", "n_nonpositive_det", "lipschitz_max") if k in meta}}
+    if meta.get("log_z_true") is not None:
+        result["delta_log_z"] = result["log_z"]["value"] - meta["log_z_true"]
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"# {args.file}: {result['log_z']['n']} samples" + (f", {meta['steps']} step(s), {meta['weights']} weights"
+                                                             if meta else ""))
+    for key, label in (("log_z", "log Z"), ("elbo", "ELBO"), ("ess", "ESS (Kish, normalised)")):
+        e = result[key]
+        print(f"{label:<24} {e['value']:>12.5f} +- {e['stderr']:.5f}")
+    if "delta_log_z" in result:
+        print(f"{'log Z - exact log Z':<24} {result['delta_log_z']:>12.5f}")
+    if "n_nonpositive_det" in result and meta.get("weights") == "exact":
+        print(f"{'samples with det <= 0':<24} {result['n_nonpositive_det']:>12d}")
+        if result.get("lipschitz_max") is not None:
+            print(f"{'max bijectivity ratio':<24} {result['lipschitz_max']:>12.4f}  (< 1 needed)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="molsample", description=(
         "One-step Boltzmann samplers with exact importance weights, compared against MD."))
@@ -82,6 +162,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_energy)
+
+    p = sub.add_parser("train", help="train a one-step sampler from a config YAML")
+    p.add_argument("config")
+    p.add_argument("--out", help="output directory (default runs/CONFIG_NAME)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--iterations", type=int, help="override train.iterations")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="draw K-step samples with importance weights from a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--steps", type=int, default=1, help="K deterministic steps (1 = one network evaluation)")
+    p.add_argument("--weights", choices=("exact", "trace", "hutchinson", "paper"), default="exact")
+    p.add_argument("--out", required=True, help=".npz with x, log_q, log_w, log_prob")
+    p.add_argument("--traj", help="also write the samples as a trajectory (molecules; .pdb/.dcd/.h5)")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("estimate", help="log Z, ELBO and ESS with errors from a samples file")
+    p.add_argument("file")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for standard errors")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_estimate)
     return parser
 
 
@@ -91,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .io import TopologyMismatchError
     from .targets import SystemBuildError, UnsupportedForceError
+    from .train import TrainingDiverged
     try:
         return int(args.func(args) or 0)
     except (ConfigError, TopologyMismatchError, SystemBuildError, UnsupportedForceError,
-            FileNotFoundError, ValueError) as exc:
+            FileNotFoundError, FileExistsError, ValueError, TrainingDiverged) as exc:
         print(f"molsample {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -69,9 +69,78 @@ def _check_type(value, hint, where: str):
         return tuple(_check_type(v, args[0], where) for v in value)
     if hint is typing.Any:
         return value
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return from_dict(hint, value, where)
     if origin is typing.Literal and value in args:
         return value
     expected = getattr(hint, "__name__", str(hint))
     if origin is typing.Literal:
         expected = f"one of {list(args)}"
     raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- experiment configs
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The drift network."""
+    kind: typing.Literal["mlp"] = "mlp"
+    hidden: int = 128
+    layers: int = 3
+    n_freq: int = 8
+    langevin_clip: float = 100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """Cosine VP schedule and prior scale s0."""
+    s0: float = 1.0
+    beta_min: float = 0.01
+    beta_max: float = 10.0
+    c: float = 0.008
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and losses (see METHOD: diffusion + self-consistency + volume + Jacobian)."""
+    n_base: int = 32
+    batch: int = 256
+    iterations: int = 1000
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    diffusion_loss: typing.Literal["kl", "log-variance"] = "kl"
+    detach_score: bool = True
+    sd_weight: float = 0.25
+    sd_start: int = 0
+    sd_ramp: int = 2500
+    sd_batch: int = 256
+    vol_weight: float = 0.25
+    vol_form: typing.Literal["paper", "exact", "trace"] = "paper"
+    jac_weight: float = 1e-4
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    eval_samples: int = 1024
+    eval_weights: typing.Literal["exact", "trace", "hutchinson", "paper"] = "exact"
+    max_nonfinite: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One training run: target, network, schedule, training settings."""
+    target: str
+    seed: int = 0
+    dtype: typing.Literal["float32", "float64"] = "float32"
+    model: ModelConfig = ModelConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    description: str = ""
+
+    @classmethod
+    def load(cls, path) -> "ExperimentConfig":
+        return from_dict(cls, load_yaml(path), str(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

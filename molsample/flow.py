@@ -139,8 +139,14 @@ def em_mean(drift: Callable, schedule: CosineSchedule, x, t, d, **kw):
     return mean, sig * torch.sqrt(_bt(d, x))
 
 
-def reference_backward_mean(schedule: CosineSchedule, x_next, t_next, d):
-    """Mean and std of the discretised VP noising kernel B(x_k | x_{k+1}) evaluated at t_{k+1}."""
-    t_next, d = as_times(t_next, x_next), as_times(d, x_next)
-    mean = x_next - 0.5 * _bt(d * schedule.beta(t_next), x_next) * x_next
-    return mean, _bt(schedule.sigma(t_next) * torch.sqrt(d), x_next)
+def reference_backward_mean(schedule: CosineSchedule, x_next, t, d):
+    """Mean and std of the discretised VP noising kernel B(x_k | x_{k+1}) = N((1 - d beta/2) x_{k+1},
+    sigma^2 d), with beta and sigma at t = t_k, the same time as the forward kernel F(x_{k+1} | x_k).
+
+    With the same time in both kernels, F and B are the same reversible Gaussian kernel when the
+    drift is the exact prior score, so the path log-ratio telescopes and the ELBO of a target equal
+    to the prior is exact up to an O(d) change of the kernel's stationary variance.
+    """
+    t, d = as_times(t, x_next), as_times(d, x_next)
+    mean = x_next - 0.5 * _bt(d * schedule.beta(t), x_next) * x_next
+    return mean, _bt(schedule.sigma(t) * torch.sqrt(d), x_next)

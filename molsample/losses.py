@@ -43,7 +43,7 @@ def simulate_path(drift, schedule: CosineSchedule, prior: Prior, target, n: int,
             eps = space.randn(n, generator, dtype=dtype).to(device)
             x_next = mean + std * eps
             log_f = space.gaussian_log_prob(x_next - mean, std.reshape(-1)[0] ** 2)
-            b_mean, b_std = reference_backward_mean(schedule, x_next, t + delta, delta)
+            b_mean, b_std = reference_backward_mean(schedule, x_next, t, delta)
             log_b = space.gaussian_log_prob(x - b_mean, b_std.reshape(-1)[0] ** 2)
             log_ratio = log_ratio + log_f - log_b
             x = x_next
@@ -68,7 +68,7 @@ def log_variance_loss(drift, schedule: CosineSchedule, prior: Prior, target, pat
         t = k * delta
         mean, std = em_mean(drift, schedule, states[k], t, delta, score_fixed=score_fixed)
         log_f = space.gaussian_log_prob(states[k + 1] - mean, std.reshape(-1)[0] ** 2)
-        b_mean, b_std = reference_backward_mean(schedule, states[k + 1], t + delta, delta)
+        b_mean, b_std = reference_backward_mean(schedule, states[k + 1], t, delta)
         log_b = space.gaussian_log_prob(states[k] - b_mean, b_std.reshape(-1)[0] ** 2)
         log_ratio = log_ratio + log_f - log_b
     log_w = -target.energy(states[-1]).detach() - log_ratio

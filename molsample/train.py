@@ -1,0 +1,193 @@
+"""The training loop: diffusion loss + self-consistency + volume consistency + Jacobian penalty,
+AdamW, EMA teacher, atomic checkpoints, resume, progress bar. Receives built objects."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import losses
+from .build import Experiment, build
+from .config import ExperimentConfig
+from .estimate import ess as ess_estimate, log_z as log_z_estimate
+from .sampler import sample
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite losses; the last good checkpoint is kept."""
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same directory, then rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    nonfinite_total: int = 0
+    nonfinite_run: int = 0
+    cpu_seconds: float = 0.0
+
+
+def load_checkpoint(path: str | Path, device="cpu") -> tuple[Experiment, dict]:
+    """Rebuild an experiment from a checkpoint alone (config inside), EMA weights loaded into ``model``."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    from .config import from_dict
+    cfg = from_dict(ExperimentConfig, ckpt["config"], f"{path}: config")
+    exp = build(cfg, device)
+    exp.model.load_state_dict(ckpt["ema"])
+    return exp, ckpt
+
+
+class Trainer:
+    def __init__(self, exp: Experiment, out_dir: Path, progress: bool = True):
+        self.exp, self.out, self.progress = exp, Path(out_dir), progress
+        cfg = exp.config.train
+        self.cfg = cfg
+        self.ema = copy.deepcopy(exp.model).requires_grad_(False)
+        self.opt = torch.optim.AdamW(exp.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.gen = torch.Generator().manual_seed(exp.config.seed)
+        self.state = TrainState()
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        atomic_save({"config": self.exp.config.to_dict(), "model": self.exp.model.state_dict(),
+                     "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+                     "generator": self.gen.get_state(), "state": vars(self.state).copy()},
+                    self.out / CHECKPOINT)
+
+    def resume(self) -> bool:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            return False
+        ckpt = torch.load(path, map_location=self.exp.device, weights_only=False)
+        if ckpt["config"] != self.exp.config.to_dict():
+            raise ValueError(f"{path}: the checkpoint was written with a different config; "
+                             "use another --out directory or the same config")
+        self.exp.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.gen.set_state(ckpt["generator"])
+        self.state = TrainState(**ckpt["state"])
+        return True
+
+    # ------------------------------------------------------------------ one iteration
+    def losses(self) -> tuple[torch.Tensor, dict]:
+        exp, cfg, gen = self.exp, self.cfg, self.gen
+        model = exp.model
+        path = losses.simulate_path(model, exp.schedule, exp.prior, exp.target, cfg.batch, cfg.n_base, gen,
+                                    exp.dtype, exp.device, differentiable=cfg.diffusion_loss == "kl",
+                                    score_fixed=cfg.detach_score)
+        if cfg.diffusion_loss == "kl":
+            l_diff = losses.kl_loss(path)
+        else:
+            l_diff = losses.log_variance_loss(model, exp.schedule, exp.prior, exp.target, path, cfg.detach_score)
+        logs = {"diff": l_diff.item(), "elbo": path.log_w.mean().item(),
+                "path_ess": float(ess_estimate(path.log_w.detach().cpu().numpy(), n_boot=0).value)}
+        total = l_diff
+        if (cfg.sd_weight > 0 or cfg.vol_weight > 0) and self.state.iteration >= cfg.sd_start:
+            m = cfg.sd_batch
+            t, d, index = losses.sample_big_steps(m, cfg.n_base, gen)
+            rows = torch.arange(m) % cfg.batch
+            x = path.states[index, rows]
+            t, d = t.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
+            student, teacher = exp.velocity(model), exp.velocity(self.ema)
+            l_sd, x_mid = losses.self_consistency(student, teacher, x, t, d)
+            l_sd = l_sd / exp.schedule.s0**2          # state differences in units of the prior scale
+            ramp = min(1.0, (self.state.iteration + 1 - cfg.sd_start) / max(cfg.sd_ramp, 1))
+            total = total + cfg.sd_weight * ramp * l_sd
+            logs["sd"] = l_sd.item()
+            if cfg.vol_weight > 0:
+                l_vol = losses.volume_consistency(student, teacher, x, x_mid, t, d, exp.space, cfg.vol_form, gen)
+                total = total + cfg.vol_weight * l_vol
+                logs["vol"] = l_vol.item()
+            if cfg.jac_weight > 0:
+                l_jac = losses.jacobian_penalty(model, x, t, d, exp.space, gen)
+                total = total + cfg.jac_weight * l_jac
+                logs["jac"] = l_jac.item()
+        logs["loss"] = total.item()
+        return total, logs
+
+    def step(self) -> dict:
+        self.opt.zero_grad(set_to_none=True)
+        total, logs = self.losses()
+        grads_ok = math.isfinite(logs["loss"])
+        if grads_ok:
+            total.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.exp.model.parameters(), self.cfg.grad_clip)
+            grads_ok = bool(torch.isfinite(norm))
+        if not grads_ok:
+            self.state.nonfinite_total += 1
+            self.state.nonfinite_run += 1
+            if self.state.nonfinite_run > self.cfg.max_nonfinite:
+                raise TrainingDiverged(f"{self.state.nonfinite_run} consecutive non-finite losses at iteration "
+                                       f"{self.state.iteration}; last good checkpoint: {self.out / CHECKPOINT}")
+            logs["skipped"] = True
+        else:
+            self.state.nonfinite_run = 0
+            self.opt.step()
+            with torch.no_grad():
+                for pe, pm in zip(self.ema.parameters(), self.exp.model.parameters()):
+                    pe.lerp_(pm, 1.0 - self.cfg.ema)
+        self.state.iteration += 1
+        return logs
+
+    def evaluate(self, steps: int = 1) -> dict:
+        exp = self.exp
+        gen = torch.Generator().manual_seed(12345)
+        s = sample(exp.velocity(self.ema), exp.prior, exp.target, self.cfg.eval_samples, steps,
+                   self.cfg.eval_weights, gen, dtype=exp.dtype, device=exp.device, schedule=exp.schedule)
+        lw = s.log_w.double().cpu().numpy()
+        out = {f"ess_{steps}": ess_estimate(lw, n_boot=0).value, f"log_z_{steps}": log_z_estimate(lw, n_boot=0).value,
+               f"bad_det_{steps}": s.n_nonpositive_det}
+        return out
+
+    def run(self, resume: bool = False) -> TrainState:
+        if resume and self.resume():
+            pass
+        elif resume is False and (self.out / CHECKPOINT).is_file():
+            raise FileExistsError(f"{self.out / CHECKPOINT} exists; pass --resume to continue or choose another --out")
+        (self.out / "config.json").write_text(json.dumps(self.exp.config.to_dict(), indent=2))
+        from tqdm import tqdm
+        total = self.cfg.iterations
+        bar = tqdm(total=total, initial=self.state.iteration, disable=not self.progress, dynamic_ncols=True)
+        log = open(self.out / "log.jsonl", "a")
+        last = {}
+        try:
+            while self.state.iteration < total:
+                c0 = time.process_time()
+                logs = self.step()
+                it = self.state.iteration
+                if it % self.cfg.eval_every == 0 or it == total:
+                    logs.update(self.evaluate(1))
+                    last = {k: v for k, v in logs.items() if k.startswith(("ess_", "log_z_"))}
+                self.state.cpu_seconds += time.process_time() - c0
+                log.write(json.dumps({"iteration": it, **logs}) + "\n")
+                if it % self.cfg.checkpoint_every == 0 or it == total:
+                    self.save()
+                    log.flush()
+                bar.set_postfix(loss=f"{logs['loss']:.3g}", path_ess=f"{logs['path_ess']:.3f}",
+                                **{k: f"{v:.3g}" for k, v in last.items()}, skipped=self.state.nonfinite_total)
+                bar.update(1)
+        finally:
+            bar.close()
+            log.close()
+        return self.state
+
+
+def train(config: ExperimentConfig, out_dir: str | Path, device: str = "cpu", resume: bool = False,
+          progress: bool = True) -> TrainState:
+    """Train ``config`` into ``out_dir`` (checkpoint.pt, config.json, log.jsonl)."""
+    return Trainer(build(config, device), Path(out_dir), progress).run(resume)

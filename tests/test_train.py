@@ -1,0 +1,98 @@
+"""Training loop: checkpoints, resume bit-for-bit, non-finite handling, CLI train -> sample -> estimate."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from molsample.cli import main
+from molsample.config import ConfigError, ExperimentConfig
+from molsample.train import CHECKPOINT, Trainer, TrainingDiverged, build, load_checkpoint, train
+
+from conftest import ROOT
+
+TINY = ROOT / "configs" / "tiny-gmm.yaml"
+
+
+def tiny(iterations=8, **train_kw):
+    cfg = ExperimentConfig.load(TINY)
+    return replace(cfg, train=replace(cfg.train, iterations=iterations, checkpoint_every=4, eval_every=4, **train_kw))
+
+
+def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
+    train(tiny(), tmp_path, progress=False)
+    exp, ckpt = load_checkpoint(tmp_path / CHECKPOINT)
+    assert ckpt["state"]["iteration"] == 8 and ckpt["config"] == tiny().to_dict()
+    for name, value in exp.model.state_dict().items():
+        assert torch.equal(value, ckpt["ema"][name])
+    assert not (tmp_path / (CHECKPOINT + ".tmp")).exists()
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    train(tiny(8), tmp_path / "straight", progress=False)
+    train(tiny(4), tmp_path / "split", progress=False)                # "killed" after 4 iterations
+    cfg8 = tiny(8)
+    with pytest.raises(ValueError, match="different config"):
+        Trainer(build(cfg8), tmp_path / "split", progress=False).run(resume=True)
+    # the run is rebuilt with the same config it was started with, then extended
+    ckpt = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
+    ckpt["config"]["train"]["iterations"] = 8
+    torch.save(ckpt, tmp_path / "split" / CHECKPOINT)
+    train(cfg8, tmp_path / "split", progress=False, resume=True)
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
+    b = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert a["state"]["iteration"] == b["state"]["iteration"] == 8
+
+
+def test_existing_checkpoint_without_resume_is_an_error(tmp_path):
+    train(tiny(4), tmp_path, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny(4), tmp_path, progress=False)
+
+
+def test_non_finite_losses_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
+    trainer = Trainer(build(tiny(30, max_nonfinite=3)), tmp_path, progress=False)
+    real = trainer.losses
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        total, logs = real()
+        if calls["n"] in (2, 3) or calls["n"] >= 6:
+            return total * float("nan"), {**logs, "loss": float("nan")}
+        return total, logs
+
+    monkeypatch.setattr(trainer, "losses", flaky)
+    before = {k: v.clone() for k, v in trainer.exp.model.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match="consecutive non-finite"):
+        trainer.run()
+    assert trainer.state.nonfinite_total == 2 + 4 and trainer.state.iteration == 8
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert ckpt["state"]["iteration"] == 8            # the last good checkpoint is kept
+    assert any(not torch.equal(before[k], v) for k, v in trainer.exp.model.state_dict().items())
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text(TINY.read_text().replace("batch: 64", "batch: 64\n  bacth: 3"))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['bacth'\]"):
+        ExperimentConfig.load(bad)
+
+
+def test_cli_train_sample_estimate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(TINY), "--out", str(out), "--quiet", "--iterations", "6"]) == 0
+    for weights in ("exact", "paper"):
+        assert main(["sample", str(out / CHECKPOINT), "--n", "300", "--steps", "2", "--weights", weights,
+                     "--out", str(tmp_path / f"s_{weights}.npz")]) == 0
+    capsys.readouterr()
+    assert main(["estimate", str(tmp_path / "s_exact.npz"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    data = np.load(tmp_path / "s_exact.npz")
+    assert data["x"].shape == (300, 2) and np.isfinite(data["log_w"]).all()
+    assert res["steps"] == 2 and res["weights"] == "exact" and 0 < res["ess"]["value"] <= 1
+    assert abs(res["delta_log_z"] - res["log_z"]["value"]) < 1e-12   # gmm40 has log Z = 0
+    assert main(["train", str(TINY), "--out", str(out), "--quiet"]) == 2          # exists, no --resume
