@@ -70,3 +70,27 @@ def test_exact_samplers_match_moments(name):
 def test_particle_targets_have_no_exact_sampler():
     with pytest.raises(NoReferenceSamplerError, match="molsample md"):
         load_target("lj13").sample_reference(10)
+
+
+@pytest.mark.parametrize("name,dim,n_dw,sep", [("mw54", 5, 5, 4.0), ("mw52", 50, 5, 2.0)])
+def test_scds_multiwell_log_z_energy_and_sampler(name, dim, n_dw, sep):
+    target = load_target(name)
+    za, _ = integrate.quad(lambda a: math.exp(-((a * a - sep) ** 2)), -np.inf, np.inf)
+    assert abs(target.log_z - (n_dw * math.log(za) + 0.5 * (dim - n_dw) * math.log(2 * math.pi))) < 1e-6
+    x = np.random.default_rng(0).normal(size=(7, dim))
+    ref = ((x[:, :n_dw] ** 2 - sep) ** 2).sum(1) + 0.5 * (x[:, n_dw:] ** 2).sum(1)
+    assert np.allclose(target.energy(torch.tensor(x)).numpy(), ref)
+    s = target.sample_reference(200_000, torch.Generator().manual_seed(1))
+    m2, _ = integrate.quad(lambda a: a * a * math.exp(-((a * a - sep) ** 2)), -np.inf, np.inf)
+    assert abs(s[:, :n_dw].pow(2).mean().item() - m2 / za) < 0.01
+    assert abs(s[:, 0].mean().item()) < 0.02
+
+
+def test_scds_gmm9_grid():
+    target = load_target("gmm9")
+    assert target.means.shape == (9, 2) and set(target.means[:, 0].tolist()) == {-5.0, 0.0, 5.0}
+    assert target.std == pytest.approx(math.sqrt(0.3))
+    g = torch.linspace(-10, 10, 1001, dtype=torch.float64)
+    xx, yy = torch.meshgrid(g, g, indexing="ij")
+    z = torch.exp(-target.energy(torch.stack([xx.ravel(), yy.ravel()], 1))).sum() * (g[1] - g[0]) ** 2
+    assert abs(z.item() - 1.0) < 1e-6

@@ -1,5 +1,5 @@
 """Target densities exp(-u(x)) / Z: OpenMM force fields, particle systems, analytic targets."""
-from .analytic import Funnel, GaussianMixture, ManyWell
+from .analytic import Funnel, GaussianMixture, ManyWell, MultiWell
 from .base import NoReferenceSamplerError, Target, remove_com
 from .forcefield import TorchForceField, UnsupportedForceError
 from .openmm_target import OpenMMEvaluator, OpenMMTarget, SystemBuildError
@@ -8,4 +8,4 @@ from .registry import load_target, system_files
 
 __all__ = ["Target", "NoReferenceSamplerError", "remove_com", "TorchForceField", "UnsupportedForceError",
            "OpenMMTarget", "OpenMMEvaluator", "SystemBuildError", "LennardJones", "DoubleWell4",
-           "GaussianMixture", "Funnel", "ManyWell", "load_target", "system_files"]
+           "GaussianMixture", "Funnel", "ManyWell", "MultiWell", "load_target", "system_files"]

@@ -20,8 +20,9 @@ def _to(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class GaussianMixture(Target):
     """Equally weighted isotropic Gaussians, normalised: log Z = 0.
 
-    Means are drawn uniformly from [-box, box]^dim by ``numpy.random.default_rng(seed)`` (PCG64)
-    unless given explicitly.
+    ``layout='uniform'``: means drawn uniformly from [-box, box]^dim by
+    ``numpy.random.default_rng(seed)`` (PCG64). ``layout='grid'`` (2D): a sqrt(n) x sqrt(n) grid
+    over [-box, box]^2 (SCDS's 9-mode GMM: box 5, std sqrt(0.3)). Or give ``means`` explicitly.
 
     Parameters
     ----------
@@ -32,10 +33,18 @@ class GaussianMixture(Target):
     """
 
     def __init__(self, n_modes: int = 40, dim: int = 2, box: float = 40.0, std: float = 1.0,
-                 seed: int = 0, means=None, name: str = "gmm"):
+                 seed: int = 0, means=None, name: str = "gmm", layout: str = "uniform"):
         self.name = name
-        if means is None:
+        if means is None and layout == "grid":
+            side = int(round(math.sqrt(n_modes)))
+            if side * side != n_modes or dim != 2:
+                raise ValueError(f"{name}: a grid layout needs a square number of modes in 2D")
+            g = np.linspace(-box, box, side)
+            means = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+        elif means is None and layout == "uniform":
             means = np.random.default_rng(seed).uniform(-box, box, size=(n_modes, dim))
+        elif means is None:
+            raise ValueError(f"{name}: unknown layout {layout!r}; use 'uniform' or 'grid'")
         self.means = torch.as_tensor(np.asarray(means, dtype=np.float64))
         if self.means.shape != (n_modes, dim):
             raise ValueError(f"{name}: means must have shape ({n_modes}, {dim}), got {tuple(self.means.shape)}")
@@ -120,3 +129,39 @@ class ManyWell(Target):
         a = torch.as_tensor(np.interp(u, cdf, a_grid))
         b = torch.randn(n, k, generator=generator, dtype=torch.float64)
         return torch.stack([a, b], dim=2).reshape(n, self.dim).to(dtype)
+
+
+class MultiWell(Target):
+    """SCDS's multi-well: n_double_wells coordinates with log p~ = -(x^2 - separation)^2, the rest
+    unnormalised standard Gaussians exp(-x^2 / 2).
+
+    log Z = n_dw log int exp(-(x^2 - s)^2) dx + (dim - n_dw)/2 log(2 pi), the integral by
+    quadrature on a fine grid; exact samples by inverse CDF on that grid (double-well coordinates)
+    and N(0, 1) (the rest). MW54 = (dim 5, 5 wells, separation 4); MW52 = (dim 50, 5, 2).
+    """
+
+    def __init__(self, dim: int = 5, n_double_wells: int = 5, separation: float = 4.0, name: str = "multiwell"):
+        if not 0 < n_double_wells <= dim:
+            raise ValueError(f"{name}: need 1 <= n_double_wells <= dim, got {n_double_wells} and {dim}")
+        self.name, self.n_dw, self.separation = name, int(n_double_wells), float(separation)
+        self.event_shape = (dim,)
+        a, cdf = self._grid
+        self.log_z = self.n_dw * math.log(cdf[-1]) + 0.5 * (dim - self.n_dw) * math.log(2 * math.pi)
+
+    @cached_property
+    def _grid(self):
+        half = math.sqrt(self.separation) + 6.0
+        a = np.linspace(-half, half, 400_001)
+        p = np.exp(-((a**2 - self.separation) ** 2))
+        return a, np.concatenate([[0.0], np.cumsum(0.5 * (p[1:] + p[:-1]) * np.diff(a))])
+
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
+        dw, g = x[:, : self.n_dw], x[:, self.n_dw:]
+        return ((dw**2 - self.separation) ** 2).sum(1) + 0.5 * (g**2).sum(1)
+
+    def sample_reference(self, n, generator=None, dtype=torch.float64):
+        a_grid, cdf = self._grid
+        u = torch.rand(n, self.n_dw, generator=generator, dtype=torch.float64).numpy() * cdf[-1]
+        dw = torch.as_tensor(np.interp(u, cdf, a_grid))
+        g = torch.randn(n, self.dim - self.n_dw, generator=generator, dtype=torch.float64)
+        return torch.cat([dw, g], dim=1).to(dtype)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..config import ConfigError, from_dict, load_yaml
-from .analytic import Funnel, GaussianMixture, ManyWell
+from .analytic import Funnel, GaussianMixture, ManyWell, MultiWell
 from .base import Target
 from .openmm_target import OpenMMTarget
 from .particles import DoubleWell4, LennardJones
@@ -62,7 +62,8 @@ class GMMSpec:
     dim: int
     box: float
     std: float
-    seed: int
+    seed: int = 0
+    layout: Literal["uniform", "grid"] = "uniform"
     generator: Literal["numpy-pcg64"] = "numpy-pcg64"
     description: str = ""
 
@@ -73,6 +74,16 @@ class FunnelSpec:
     kind: Literal["funnel"]
     dim: int = 10
     scale: float = 3.0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class MultiWellSpec:
+    name: str
+    kind: Literal["multiwell"]
+    dim: int
+    n_double_wells: int
+    separation: float
     description: str = ""
 
 
@@ -94,7 +105,9 @@ KINDS = {
         s.n_particles, s.epsilon, s.r_m, s.tether, s.tau, s.convention, name=s.name)),
     "double-well": (DoubleWellSpec, lambda s, _: DoubleWell4(
         s.n_particles, s.a, s.b, s.c, s.d0, s.tau, name=s.name)),
-    "gmm": (GMMSpec, lambda s, _: GaussianMixture(s.n_modes, s.dim, s.box, s.std, s.seed, name=s.name)),
+    "gmm": (GMMSpec, lambda s, _: GaussianMixture(s.n_modes, s.dim, s.box, s.std, s.seed, name=s.name,
+                                                  layout=s.layout)),
+    "multiwell": (MultiWellSpec, lambda s, _: MultiWell(s.dim, s.n_double_wells, s.separation, name=s.name)),
     "funnel": (FunnelSpec, lambda s, _: Funnel(s.dim, s.scale, name=s.name)),
     "manywell": (ManyWellSpec, lambda s, _: ManyWell(s.dim, name=s.name)),
 }
