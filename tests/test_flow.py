@@ -11,7 +11,7 @@ from molsample.jacobian import lipschitz_ratio, step_log_volume, velocity_jacobi
 from molsample.losses import self_consistency, volume_consistency
 from molsample.nn import LangevinDrift, MLPCore
 from molsample.sampler import integrate
-from molsample.targets import Funnel, LennardJones
+from molsample.targets import Funnel, GaussianMixture, LennardJones
 
 SCHED = CosineSchedule(s0=2.0)
 
@@ -26,11 +26,11 @@ def test_cosine_schedule_end_points_and_integral():
         assert abs(got.item() - ref) < 1e-10
 
 
-def small_drift(space, target, seed=0, dtype=torch.float64):
+def small_drift(space, target, seed=0, dtype=torch.float64, std=0.3):
     torch.manual_seed(seed)
     core = MLPCore(space, hidden=32, layers=2, n_base=8)
     for p in core.out.parameters():               # non-zero output so the Jacobian is non-trivial
-        torch.nn.init.normal_(p, std=0.3)
+        torch.nn.init.normal_(p, std=std)
     drift = LangevinDrift(core, target, Prior(space, SCHED.s0), SCHED, clip=1e3, n_base=8).to(dtype)
     return DriftVelocity(drift, SCHED)
 
@@ -198,3 +198,17 @@ def test_path_weights_are_exact_for_the_true_score_as_steps_shrink():
         stats.append((abs(p.log_w.mean().item()), p.log_w.std().item()))
     assert stats[1][0] < 0.01 and stats[2][0] < stats[1][0] < stats[0][0]
     assert stats[2][1] < stats[1][1] < stats[0][1]
+
+
+def test_inverting_the_k_step_map_recovers_log_q():
+    from molsample.sampler import log_q_of
+    target = GaussianMixture(n_modes=3, dim=3, box=1.0, std=1.0)
+    space = Space(target.event_shape)
+    v = small_drift(space, target, std=0.1)
+    prior = Prior(space, SCHED.s0)
+    x0 = prior.sample(16, torch.Generator().manual_seed(8))
+    for steps in (1, 4):
+        y, log_q, bad, lip = integrate(v, prior, x0, steps, "exact", schedule=SCHED)
+        assert not bad.any() and float(lip.max()) < 1.0
+        log_q_inv, res = log_q_of(v, prior, y, steps, tol=1e-13, max_iter=2000)
+        assert res.max() < 1e-12 and (log_q_inv - log_q).abs().max() < 1e-6
