@@ -147,6 +147,20 @@ def _cmd_estimate(args) -> int:
     return 0
 
 
+def _cmd_md(args) -> int:
+    from .md import MDSettings, run_md
+
+    settings = MDSettings(system=args.system, ns=args.ns, temperature=args.temperature, timestep_fs=args.timestep,
+                          friction_per_ps=args.friction, report_every=args.report_every,
+                          equilibration_ps=args.equilibration, minimise=not args.no_minimise,
+                          platform=args.platform, seed=args.seed, chunk_frames=args.chunk_frames)
+    out = args.out or f"{args.system}_md.h5"
+    meta = run_md(settings, out, args.replicas, args.resume, show_progress=not args.quiet)
+    print(f"wrote {', '.join(meta['files'])} and {Path(out).with_suffix('.json')} "
+          f"({meta['wall_seconds']:.0f} s wall)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="molsample", description=(
         "One-step Boltzmann samplers with exact importance weights, compared against MD."))
@@ -184,6 +198,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("md", help="reference molecular dynamics with OpenMM")
+    p.add_argument("system")
+    p.add_argument("--ns", type=float, required=True, help="production length per replica (ns)")
+    p.add_argument("--temperature", type=float, help="K (default: the system's)")
+    p.add_argument("--replicas", type=int, default=1, help="independent replicas, run in parallel processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="trajectory file (.h5 default, .dcd, .xtc); default SYSTEM_md.h5")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last chunk")
+    p.add_argument("--platform", default="Reference", help="OpenMM platform (Reference is fastest for ~20 atoms)")
+    p.add_argument("--timestep", type=float, default=1.0, help="fs")
+    p.add_argument("--friction", type=float, default=1.0, help="1/ps")
+    p.add_argument("--report-every", type=int, default=1000, help="steps between frames")
+    p.add_argument("--equilibration", type=float, default=100.0, help="ps before the first frame")
+    p.add_argument("--no-minimise", action="store_true")
+    p.add_argument("--chunk-frames", type=int, default=1000, help="frames per checkpointed chunk")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_md)
 
     p = sub.add_parser("estimate", help="log Z, ELBO and ESS with errors from a samples file")
     p.add_argument("file")

@@ -1,0 +1,28 @@
+"""Correlated time series: statistical inefficiency, effective samples, equilibration (pymbar)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def inefficiency_report(series: np.ndarray, frame_ps: float) -> dict:
+    """Statistical inefficiency g (frames), effective samples N / g, and pymbar's equilibration
+    detection (first frame t0 after which N_eff is largest) of one time series."""
+    from pymbar import timeseries
+
+    x = np.asarray(series, dtype=np.float64)
+    if np.ptp(x) == 0:
+        return {"n": len(x), "g": float("nan"), "n_eff": float("nan"), "t0": 0, "note": "constant series"}
+    g = float(timeseries.statistical_inefficiency(x))
+    t0, g_eq, n_eff_max = timeseries.detect_equilibration(x)
+    return {"n": len(x), "g": g, "n_eff": len(x) / g, "correlation_time_ps": 0.5 * (g - 1) * frame_ps,
+            "t0": int(t0), "t0_ps": float(t0 * frame_ps), "n_eff_after_t0": float(n_eff_max)}
+
+
+def backbone_dihedrals(traj) -> dict[str, np.ndarray]:
+    """phi and psi (radians, first residue with both) of an mdtraj trajectory, or {} if it has none."""
+    import mdtraj
+    _, phi = mdtraj.compute_phi(traj)
+    _, psi = mdtraj.compute_psi(traj)
+    if phi.shape[1] == 0 or psi.shape[1] == 0:
+        return {}
+    return {"phi": phi[:, 0], "psi": psi[:, 0]}
