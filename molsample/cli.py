@@ -182,6 +182,36 @@ def _cmd_umbrella(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .analysis.compare import compare, write_report
+    from .analysis.ensembles import load_ensemble
+    from .targets import load_target
+
+    system = args.system or _system_of(args.samples)
+    target = load_target(system)
+    sample = load_ensemble([args.samples], target, args.label)
+    ref = load_ensemble(args.reference, target, "reference")
+    metrics = compare(sample, ref, target)
+    out = Path(args.out or f"compare_{Path(args.samples).stem}")
+    report = write_report(metrics, sample, ref, out)
+    if args.json:
+        print(json.dumps(metrics, indent=2, default=float))
+    else:
+        print(report.read_text())
+        print(f"report: {report}")
+    return 0
+
+
+def _system_of(path: str) -> str:
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as d:
+            if "meta" in d:
+                return json.loads(str(d["meta"]))["system"]
+            if "system" in d:
+                return str(d["system"])
+    raise ValueError(f"{path}: cannot tell which system it belongs to; pass --system")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="molsample", description=(
         "One-step Boltzmann samplers with exact importance weights, compared against MD."))
@@ -252,6 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help=".npz (default SYSTEM_umbrella_DIHEDRAL.npz)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_umbrella)
+
+    p = sub.add_parser("compare", help="compare samples (weighted or not) with an MD or umbrella reference")
+    p.add_argument("samples", help="`molsample sample` .npz, a trajectory, or an umbrella .npz")
+    p.add_argument("--reference", nargs="+", required=True,
+                   help="MD trajectories (one file per replica) or an umbrella-sampling .npz")
+    p.add_argument("--system", help="system name (default: read from the samples file)")
+    p.add_argument("--out", help="output directory for figures, metrics.json and report.md")
+    p.add_argument("--label", help="name of the samples in the report")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("estimate", help="log Z, ELBO and ESS with errors from a samples file")
     p.add_argument("file")

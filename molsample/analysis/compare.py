@@ -1,0 +1,209 @@
+"""`molsample compare`: a sampler (or any ensemble) side by side with a reference.
+
+Populations and free-energy differences come with error bars: independent weighted samples by
+the bootstrap over samples; MD by the statistical inefficiency of the indicator in each replica
+(pymbar); an umbrella reference by its own MBAR uncertainties.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..estimate import ess as kish_ess
+from .basins import BASINS, basin_indicators
+from .ensembles import Ensemble
+from .stats import histogram_kl, torus_w2, wasserstein_1d
+
+ANGLE_BINS = 36                     # 10-degree bins on [-pi, pi) for every KL
+
+
+def _weights(log_w):
+    if log_w is None:
+        return None
+    w = np.exp(log_w - np.max(log_w[np.isfinite(log_w)]))
+    return np.where(np.isfinite(w), w, 0.0)
+
+
+def _md_fraction(indicator: np.ndarray, segments: list[int]) -> tuple[float, float]:
+    """Mean of an indicator over MD replicas, with the error from each replica's statistical inefficiency."""
+    from pymbar import timeseries
+    p = float(indicator.mean())
+    n_eff = 0.0
+    for seg in np.split(indicator.astype(float), np.cumsum(segments)[:-1]):
+        g = timeseries.statistical_inefficiency(seg) if np.ptp(seg) > 0 else float(len(seg))
+        n_eff += len(seg) / g
+    return p, math.sqrt(max(p * (1 - p), 0.0) / max(n_eff, 1.0))
+
+
+def _weighted_fraction(indicator, log_w, n_boot=200, seed=0) -> tuple[float, float]:
+    w = np.ones(len(indicator)) if log_w is None else _weights(log_w)
+    p = float((w * indicator).sum() / w.sum())
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(w), len(w))
+        if w[i].sum() > 0:
+            boots.append((w[i] * indicator[i]).sum() / w[i].sum())
+    return p, float(np.std(boots, ddof=1))
+
+
+def fraction(ens: Ensemble, indicator: np.ndarray, use_weights: bool = True) -> tuple[float, float]:
+    """Population of a state with its standard error, by the method suited to the ensemble."""
+    if ens.correlated:
+        return _md_fraction(indicator, ens.segments)
+    log_w = (ens.angle_log_w if ens.angle_log_w is not None and len(indicator) == len(ens.angle_log_w)
+             else ens.log_w) if use_weights else None
+    return _weighted_fraction(indicator.astype(float), log_w)
+
+
+def delta_f_from_fraction(p: float, dp: float) -> dict:
+    """dF = F(B) - F(A) = -log(p / (1 - p)) for p = P(B), with the delta-method error."""
+    if not 0 < p < 1:
+        return {"value": math.inf if p == 0 else -math.inf, "stderr": math.nan}
+    return {"value": -math.log(p / (1 - p)), "stderr": dp / (p * (1 - p))}
+
+
+def _angle_weights(ens: Ensemble, use_weights: bool):
+    if not use_weights:
+        return None
+    return _weights(ens.angle_log_w if ens.angle_log_w is not None else ens.log_w)
+
+
+def peptide_metrics(sample: Ensemble, ref: Ensemble, use_weights: bool) -> dict:
+    """KL of phi, psi and (phi, psi) histograms (KL(reference || sample)), torus W2, basin
+    populations and dF(phi > 0 vs phi < 0) with errors."""
+    edges = np.linspace(-math.pi, math.pi, ANGLE_BINS + 1)
+    wr, ws = _angle_weights(ref, True), _angle_weights(sample, use_weights)
+    out = {"kl_phi": histogram_kl(ref.phi, sample.phi, [edges], wr, ws),
+           "kl_psi": histogram_kl(ref.psi, sample.psi, [edges], wr, ws),
+           "kl_phi_psi": histogram_kl(np.stack([ref.phi, ref.psi], 1), np.stack([sample.phi, sample.psi], 1),
+                                      [edges, edges], wr, ws),
+           "w2_torus_phi_psi": torus_w2(np.stack([ref.phi, ref.psi], 1), np.stack([sample.phi, sample.psi], 1),
+                                        wr, ws)}
+    ind = basin_indicators(sample.phi, sample.psi)
+    out["basins"] = {}
+    for name in BASINS:
+        p, dp = fraction(sample, ind[name], use_weights)
+        out["basins"][name] = {"value": p, "stderr": dp}
+    p, dp = fraction(sample, sample.phi > 0, use_weights)
+    out["p_phi_positive"] = {"value": p, "stderr": dp}
+    out["dF_phi_positive_minus_negative_kT"] = delta_f_from_fraction(p, dp)
+    return out
+
+
+def reference_peptide_estimates(ref: Ensemble) -> dict:
+    if ref.kind == "umbrella" and ref.external:
+        e = ref.external
+        return {"basins": e["basins"], "p_phi_positive": e["p_phi_positive"],
+                "dF_phi_positive_minus_negative_kT": e["dF_phi_positive_minus_negative_kT"]}
+    ind = basin_indicators(ref.phi, ref.psi)
+    out = {"basins": {n: dict(zip(("value", "stderr"), fraction(ref, ind[n]))) for n in BASINS}}
+    p, dp = fraction(ref, ref.phi > 0)
+    out["p_phi_positive"] = {"value": p, "stderr": dp}
+    out["dF_phi_positive_minus_negative_kT"] = delta_f_from_fraction(p, dp)
+    return out
+
+
+def energy_metrics(sample: Ensemble, ref: Ensemble, use_weights: bool) -> dict:
+    ws = _weights(sample.log_w) if use_weights else None
+    wr = _weights(ref.log_w)
+    ok = np.isfinite(sample.energy)
+    return {"energy_w1_kT": wasserstein_1d(ref.energy, sample.energy[ok], wr, None if ws is None else ws[ok], 1),
+            "energy_w2_kT": wasserstein_1d(ref.energy, sample.energy[ok], wr, None if ws is None else ws[ok], 2),
+            "mean_energy_kT": float(np.average(sample.energy[ok], weights=None if ws is None else ws[ok]))}
+
+
+def pair_distances(x: np.ndarray) -> np.ndarray:
+    i, j = np.triu_indices(x.shape[1], 1)
+    return np.linalg.norm(x[:, i] - x[:, j], axis=-1)
+
+
+def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
+    """All metrics of ``sample`` against ``ref`` (raw and, when the sample has weights, reweighted)."""
+    variants = {"raw": False} if sample.log_w is None and sample.angle_log_w is None else {"raw": False,
+                                                                                            "reweighted": True}
+    if sample.kind in ("md", "umbrella"):
+        variants = {"as_sampled": True}
+    metrics = {"system": target.name, "sample": {"label": sample.label, "kind": sample.kind, "n": len(sample.energy)},
+               "reference": {"label": ref.label, "kind": ref.kind, "n": len(ref.energy)},
+               "definitions": {
+                   "kl": f"KL(reference || sample) of histograms, {ANGLE_BINS} bins per angle on [-pi, pi); "
+                         "empty sample bins get probability 1e-10",
+                   "w2_torus": "W2 on the torus (periodic squared distance), 1500 resampled points per side",
+                   "energy_w": "W1 and W2 (square root taken) of reduced energies u = E / kT",
+                   "errors": "bootstrap over samples (independent samples), statistical inefficiency per "
+                             "replica (MD), MBAR (umbrella)",
+                   "basins": "phi<0: alpha_R if -120<=psi<50 else C7eq/beta; phi>=0: alpha_L if psi>=0 else C7ax"}}
+    if sample.log_w is not None:
+        metrics["sample"]["ess"] = kish_ess(sample.log_w[np.isfinite(sample.log_w)] if np.isinf(
+            sample.log_w).all() is False else sample.log_w, n_boot=100).as_dict()
+    if sample.folded_fraction is not None:
+        metrics["sample"]["fraction_folded_D_to_L"] = sample.folded_fraction
+        metrics["sample"]["fraction_removed_mixed_chirality"] = sample.external.get("removed_mixed_chirality", 0.0)
+    peptide = sample.phi is not None and ref.phi is not None
+    if peptide:
+        metrics["reference"]["estimates"] = reference_peptide_estimates(ref)
+    for name, use_w in variants.items():
+        m = energy_metrics(sample, ref, use_w)
+        if peptide:
+            m.update(peptide_metrics(sample, ref, use_w))
+            r = metrics["reference"]["estimates"]["dF_phi_positive_minus_negative_kT"]
+            s = m["dF_phi_positive_minus_negative_kT"]
+            diff = s["value"] - r["value"]
+            comb = math.hypot(s["stderr"], r["stderr"])
+            m["dF_minus_reference_kT"] = {"value": diff, "combined_stderr": comb,
+                                          "z": diff / comb if comb > 0 else math.nan}
+        if sample.x is not None and ref.x is not None and target.n_particles and not peptide and \
+                getattr(target, "topology", None) is None:
+            ws = _weights(sample.log_w) if use_w else None
+            m["pair_distance_w1"] = wasserstein_1d(pair_distances(ref.x).ravel(), pair_distances(sample.x).ravel(),
+                                                   None, None if ws is None else np.repeat(ws, pair_distances(
+                                                       sample.x[:1]).shape[1]), 1)
+        metrics[name] = m
+    return metrics
+
+
+def write_report(metrics: dict, sample: Ensemble, ref: Ensemble, out_dir: Path) -> Path:
+    """metrics.json, figures and report.md in ``out_dir``."""
+    from . import plots
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    figs = plots.comparison_figures(sample, ref, out_dir)
+    lines = [f"# {metrics['system']}: {sample.label} vs {ref.label}", "",
+             f"Sample: {metrics['sample']['kind']}, {metrics['sample']['n']} conformations"
+             + (f", ESS {metrics['sample']['ess']['value']:.4f}" if "ess" in metrics["sample"] else "")
+             + (f", {100 * metrics['sample']['fraction_folded_D_to_L']:.1f} % folded D -> L"
+                if metrics["sample"].get("fraction_folded_D_to_L") else "") + ".",
+             f"Reference: {metrics['reference']['kind']}, {metrics['reference']['n']} conformations.", ""]
+    variants = [k for k in ("raw", "reweighted", "as_sampled") if k in metrics]
+    rows = [("energy W1 (kT)", lambda m: f"{m['energy_w1_kT']:.3f}"),
+            ("energy W2 (kT)", lambda m: f"{m['energy_w2_kT']:.3f}")]
+    if "kl_phi" in metrics[variants[0]]:
+        rows += [("KL phi", lambda m: f"{m['kl_phi']:.4f}"), ("KL psi", lambda m: f"{m['kl_psi']:.4f}"),
+                 ("KL (phi, psi)", lambda m: f"{m['kl_phi_psi']:.4f}"),
+                 ("W2 torus (phi, psi)", lambda m: f"{m['w2_torus_phi_psi']:.4f}"),
+                 ("dF(phi>0 vs phi<0) (kT)", lambda m: "{:.3f} +- {:.3f}".format(
+                     m["dF_phi_positive_minus_negative_kT"]["value"], m["dF_phi_positive_minus_negative_kT"]["stderr"])),
+                 ("dF - reference (z)", lambda m: "{:.3f} ({:.1f} sigma)".format(
+                     m["dF_minus_reference_kT"]["value"], m["dF_minus_reference_kT"]["z"]))]
+        rows += [(f"p({b})", (lambda b: lambda m: "{:.4f} +- {:.4f}".format(
+            m["basins"][b]["value"], m["basins"][b]["stderr"]))(b)) for b in BASINS]
+    lines += ["| metric | " + " | ".join(variants) + " | reference |", "|---|" + "---|" * (len(variants) + 1)]
+    ref_est = metrics["reference"].get("estimates", {})
+    for label, fmt in rows:
+        ref_cell = ""
+        if label.startswith("dF(") and ref_est:
+            d = ref_est["dF_phi_positive_minus_negative_kT"]
+            ref_cell = f"{d['value']:.3f} +- {d['stderr']:.3f}"
+        elif label.startswith("p(") and ref_est:
+            b = ref_est["basins"][label[2:-1]]
+            ref_cell = f"{b['value']:.4f} +- {b['stderr']:.4f}"
+        lines.append(f"| {label} | " + " | ".join(fmt(metrics[v]) for v in variants) + f" | {ref_cell} |")
+    lines += ["", *[f"![{f.stem}]({f.name})" for f in figs], "", "Definitions:", ""]
+    lines += [f"- {k}: {v}" for k, v in metrics["definitions"].items()]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

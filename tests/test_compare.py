@@ -1,0 +1,75 @@
+"""`molsample compare`: errors, chirality folding, MD -> compare pipeline, clear failures."""
+import json
+import math
+
+import mdtraj
+import numpy as np
+import pytest
+import torch
+
+from molsample.analysis.compare import _md_fraction, _weighted_fraction, delta_f_from_fraction
+from molsample.analysis.ensembles import chirality_signs, fold_to_l, load_ensemble
+from molsample.cli import main
+from molsample.md import MDSettings, run_md
+from molsample.targets import load_target
+
+
+def test_two_state_free_energy_with_known_answer():
+    rng = np.random.default_rng(0)
+    p_true = 1 / (1 + math.exp(2.0))                      # dF = 2 kT
+    ind = rng.random(40_000) < p_true
+    p, dp = _weighted_fraction(ind.astype(float), None, n_boot=100)
+    d = delta_f_from_fraction(p, dp)
+    assert abs(d["value"] - 2.0) < 4 * d["stderr"] and d["stderr"] < 0.05
+    # weighted: states sampled 50/50, weights restore p_true
+    ind2 = rng.random(40_000) < 0.5
+    log_w = np.where(ind2, math.log(p_true), math.log(1 - p_true))
+    p2, dp2 = _weighted_fraction(ind2.astype(float), log_w, n_boot=100)
+    assert abs(delta_f_from_fraction(p2, dp2)["value"] - 2.0) < 4 * delta_f_from_fraction(p2, dp2)["stderr"]
+
+
+def test_md_error_uses_the_statistical_inefficiency():
+    rng = np.random.default_rng(1)
+    iid = (rng.random(20_000) < 0.3).astype(float)
+    p, dp = _md_fraction(iid, [20_000])
+    assert dp == pytest.approx(math.sqrt(0.3 * 0.7 / 20_000), rel=0.15)
+    sticky = np.repeat(iid[:2000], 10)                        # each value held for 10 frames
+    _, dp_sticky = _md_fraction(sticky, [20_000])
+    assert dp_sticky > 2.5 * dp
+
+
+def test_folding_d_onto_l_restores_dihedrals():
+    target = load_target("aldp")
+    x = np.asarray(target.positions)[None]
+    mirror = -x
+    assert chirality_signs(x, target.topology)[0, 0] > 0 > chirality_signs(mirror, target.topology)[0, 0]
+    folded, log_w, frac, removed = fold_to_l(np.concatenate([x, mirror]), target.topology, np.array([0.1, 0.2]))
+    traj = lambda y: mdtraj.Trajectory(y.astype(np.float32), target.topology)
+    assert frac == 0.5 and removed == 0.0 and np.allclose(log_w, [0.1, 0.2])
+    phi_ref = mdtraj.compute_phi(traj(x))[1][0, 0]
+    phi_mirror = mdtraj.compute_phi(traj(mirror))[1][0, 0]
+    assert phi_mirror == pytest.approx(-phi_ref, abs=1e-5)
+    assert np.allclose(mdtraj.compute_phi(traj(folded))[1][:, 0], phi_ref, atol=1e-5)
+
+
+def test_md_file_into_compare_and_clear_errors(tmp_path, capsys):
+    s = MDSettings(system="aldp", ns=0.01, report_every=20, equilibration_ps=0.02, chunk_frames=500)
+    run_md(s, tmp_path / "a.h5", show_progress=False)
+    run_md(MDSettings(**{**s.__dict__, "seed": 1}), tmp_path / "b.dcd", show_progress=False)
+    out = tmp_path / "cmp"
+    code = main(["compare", str(tmp_path / "a.h5"), "--reference", str(tmp_path / "b.dcd"), "--system", "aldp",
+                 "--out", str(out), "--json"])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    m = metrics["as_sampled"]
+    assert metrics["sample"]["kind"] == "md" and metrics["reference"]["kind"] == "md"
+    assert 0 <= m["kl_phi"] < 5 and m["energy_w1_kT"] >= 0 and m["w2_torus_phi_psi"] >= 0
+    assert abs(sum(b["value"] for b in m["basins"].values()) - 1) < 1e-9
+    for f in ("metrics.json", "report.md", "ramachandran.png", "phi_profile.png", "energy.png"):
+        assert (out / f).is_file()
+    # mismatched systems and atoms: clear errors
+    code = main(["compare", str(tmp_path / "a.h5"), "--reference", str(tmp_path / "b.dcd"), "--system", "lj13"])
+    assert code == 2
+    np.savez(tmp_path / "bad.npz", x=np.zeros((5, 21, 3)), log_w=np.zeros(5), meta=json.dumps({"system": "aldp"}))
+    code = main(["compare", str(tmp_path / "bad.npz"), "--reference", str(tmp_path / "a.h5")])
+    assert code == 2 and "(21, 3)" in capsys.readouterr().err
