@@ -202,6 +202,22 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_pack(args) -> int:
+    from .analysis.reference import pack_md, pack_umbrella
+    from .targets import load_target
+
+    target = load_target(args.system)
+    prov = args.provenance or f"molsample pack-reference {args.kind} {' '.join(args.files)}"
+    if args.kind == "md":
+        out = pack_md(args.files, target, args.out, args.frames, prov)
+    else:
+        if len(args.files) != 1:
+            raise ValueError("an umbrella reference is one .npz file")
+        out = pack_umbrella(args.files[0], target, args.out, args.frames, prov)
+    print(f"wrote {out} ({Path(out).stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 def _system_of(path: str) -> str:
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as d:
@@ -292,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="name of the samples in the report")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("pack-reference", help="pack MD or umbrella output into a compact reference (< 5 MB)")
+    p.add_argument("kind", choices=("md", "umbrella"))
+    p.add_argument("files", nargs="+")
+    p.add_argument("--system", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--frames", type=int, default=4000, help="conformations kept")
+    p.add_argument("--provenance", help="how the inputs were produced (stored in the file)")
+    p.set_defaults(func=_cmd_pack)
 
     p = sub.add_parser("estimate", help="log Z, ELBO and ESS with errors from a samples file")
     p.add_argument("file")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -194,7 +195,9 @@ def run_md(settings: MDSettings, out: str | Path, replicas: int = 1, resume: boo
     if replicas == 1:
         records = [run_replica(settings, 0, dirs[0], show_progress)]
     else:
-        with ProcessPoolExecutor(max_workers=min(replicas, os.cpu_count() or 1)) as pool:
+        # spawn, not fork: forking after torch has started its thread pool can deadlock the children
+        with ProcessPoolExecutor(max_workers=min(replicas, os.cpu_count() or 1),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(run_replica, settings, r, dirs[r], show_progress) for r in range(replicas)]
             records = [f.result() for f in futures]
     target = load_target(settings.system)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,7 +199,7 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     t0 = time.perf_counter()
     workers = workers or os.cpu_count() or 1
     from tqdm import tqdm
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(run_window, settings, k, workdir) for k in range(settings.windows)]
         files = [f.result() for f in tqdm(futures, desc="umbrella windows", unit="window")]
     wall = time.perf_counter() - t0

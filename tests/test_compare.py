@@ -73,3 +73,28 @@ def test_md_file_into_compare_and_clear_errors(tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", x=np.zeros((5, 21, 3)), log_w=np.zeros(5), meta=json.dumps({"system": "aldp"}))
     code = main(["compare", str(tmp_path / "bad.npz"), "--reference", str(tmp_path / "a.h5")])
     assert code == 2 and "(21, 3)" in capsys.readouterr().err
+
+
+def test_compact_references_give_the_same_estimates(tmp_path, capsys):
+    from molsample.umbrella import UmbrellaSettings, run_umbrella
+    s = MDSettings(system="aldp", ns=0.01, report_every=20, equilibration_ps=0.02, chunk_frames=500)
+    for seed, name in ((0, "a.h5"), (1, "b.h5")):
+        run_md(MDSettings(**{**s.__dict__, "seed": seed}), tmp_path / name, show_progress=False)
+    assert main(["pack-reference", "md", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"), "--system", "aldp",
+                 "--out", str(tmp_path / "md_compact.npz"), "--frames", "50"]) == 0
+    run_umbrella(UmbrellaSettings(windows=4, kappa=5.0, ns_per_window=0.004, equilibration_ps=1.0, sample_every=20,
+                                  frame_every=200), tmp_path / "u.npz", workers=2)
+    assert main(["pack-reference", "umbrella", str(tmp_path / "u.npz"), "--system", "aldp",
+                 "--out", str(tmp_path / "u_compact.npz"), "--frames", "30"]) == 0
+    target = load_target("aldp")
+    full = load_ensemble([tmp_path / "a.h5", tmp_path / "b.h5"], target)
+    packed = load_ensemble([tmp_path / "md_compact.npz"], target)
+    assert packed.kind == "md" and packed.segments == full.segments == [500, 500]
+    assert np.allclose(packed.phi, full.phi, atol=1e-6) and len(packed.x) == 50
+    uf, up = load_ensemble([tmp_path / "u.npz"], target), load_ensemble([tmp_path / "u_compact.npz"], target)
+    assert np.allclose(uf.angle_log_w, up.angle_log_w) and up.external == uf.external
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a.h5"), "--reference", str(tmp_path / "u_compact.npz"), "--system",
+                 "aldp", "--out", str(tmp_path / "c"), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["reference"]["kind"] == "umbrella" and "dF_minus_reference_kT" in m["as_sampled"]

@@ -79,6 +79,8 @@ def load_ensemble(paths: list[str | Path], target, label: str | None = None) -> 
         with np.load(first, allow_pickle=False) as d:
             keys = set(d.files)
             data = {k: d[k] for k in keys}
+        if "compact_reference" in keys:
+            return _compact(first, data, target, label)
         if "frames_xyz" in keys:
             return _umbrella(first, data, target, label)
         if "x" in keys or "xyz" in keys:
@@ -123,3 +125,17 @@ def _umbrella(path: Path, d: dict, target, label: str) -> Ensemble:
         raise ValueError(f"{path}: frames of shape {x.shape[1:]}, but {target.name} has {tuple(target.event_shape)}")
     return Ensemble(label, "umbrella", x, _energy(target, x), log_w=d["frames_log_w"], phi=d["phi"].astype(float),
                     psi=d["psi"].astype(float), angle_log_w=d["log_w"], external=external)
+
+
+def _compact(path: Path, d: dict, target, label: str) -> Ensemble:
+    """A compact reference (analysis.reference): angles and energies of every frame, some frames."""
+    if str(d["system"]) != target.name:
+        raise ValueError(f"{path}: a reference for {d['system']}, not {target.name}")
+    x = d["frames_xyz"].astype(np.float64)
+    phi = d["phi"].astype(float) if "phi" in d else None
+    psi = d["psi"].astype(float) if "psi" in d else None
+    if str(d["kind"]) == "md":
+        return Ensemble(label, "md", x, d["energy"].astype(float), phi=phi, psi=psi,
+                        segments=[int(s) for s in d["segments"]])
+    return Ensemble(label, "umbrella", x, d["energy"].astype(float), log_w=d["log_w"], phi=phi, psi=psi,
+                    angle_log_w=d["log_w"], external=json.loads(str(d["estimates"])))
