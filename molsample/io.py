@@ -58,9 +58,16 @@ def read_positions(path: str | Path, event_shape: tuple[int, ...], topology=None
         raise ValueError(f"{path}: unknown file format {path.suffix!r}; use .npz or one of {MDTRAJ_FORMATS}")
     import mdtraj
 
-    if topology is None:
-        raise ValueError(f"{path}: the system has no molecular topology; give positions as .npz with 'xyz'")
     own_topology = path.suffix.lower() in (".pdb", ".h5", ".hdf5", ".gro")
+    if topology is None:
+        # particle systems (LJ): a file that carries its own topology, length unit = 1 nm in the file
+        if not own_topology or len(event_shape) != 2 or event_shape[1] != 3:
+            raise ValueError(f"{path}: the system has no molecular topology; give positions as .npz with 'xyz' "
+                             "or as HDF5/PDB")
+        traj = mdtraj.load(str(path))
+        if traj.n_atoms != event_shape[0]:
+            raise TopologyMismatchError(f"{path}: {traj.n_atoms} particles, but the system has {event_shape[0]}")
+        return np.asarray(traj.xyz, dtype=np.float64)
     traj = mdtraj.load(str(path)) if own_topology else mdtraj.load(str(path), top=topology)
     check_topology(traj.topology, topology, str(path))
     return np.asarray(traj.xyz, dtype=np.float64)

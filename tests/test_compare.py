@@ -98,3 +98,14 @@ def test_compact_references_give_the_same_estimates(tmp_path, capsys):
                  "aldp", "--out", str(tmp_path / "c"), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["reference"]["kind"] == "umbrella" and "dF_minus_reference_kT" in m["as_sampled"]
+
+
+def test_lj_compare_writes_pair_distance_histograms(tmp_path, capsys):
+    run_md(MDSettings(system="lj13", ns=0.004, report_every=20, equilibration_ps=0.02), tmp_path / "a.h5",
+           show_progress=False)
+    run_md(MDSettings(system="lj13", ns=0.004, report_every=20, equilibration_ps=0.02, seed=3), tmp_path / "b.h5",
+           show_progress=False)
+    assert main(["compare", str(tmp_path / "a.h5"), "--reference", str(tmp_path / "b.h5"), "--system", "lj13",
+                 "--out", str(tmp_path / "c"), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)["as_sampled"]
+    assert (tmp_path / "c" / "pair_distances.png").is_file() and m["pair_distance_w1"] >= 0

@@ -78,4 +78,26 @@ def comparison_figures(sample, ref, out_dir: Path) -> list[Path]:
     files.append(out_dir / "energy.png")
     fig.savefig(files[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
+    if sample.phi is None and sample.x is not None and ref.x is not None and sample.x.ndim == 3:
+        files.append(pair_distance_figure(sample, ref, out_dir / "pair_distances.png"))
     return files
+
+
+def pair_distance_figure(sample, ref, path: Path) -> Path:
+    """Histogram of all interparticle distances (particle systems)."""
+    from .compare import pair_distances
+    plt = _plt()
+    d_ref, d_s = pair_distances(ref.x), pair_distances(sample.x)
+    bins = np.linspace(0, np.percentile(np.concatenate([d_ref.ravel(), d_s.ravel()]), 99.5), 80)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.hist(d_ref.ravel(), bins=bins, weights=np.repeat(_w(ref.log_w), d_ref.shape[1]) if ref.log_w is not None
+            else None, density=True, histtype="step", lw=2, label="reference")
+    ax.hist(d_s.ravel(), bins=bins, density=True, histtype="step", label=f"{sample.label}: raw")
+    if sample.log_w is not None and sample.kind == "sampler":
+        ax.hist(d_s.ravel(), bins=bins, weights=np.repeat(_w(sample.log_w), d_s.shape[1]), density=True,
+                histtype="step", label=f"{sample.label}: reweighted")
+    ax.set(xlabel="interparticle distance", ylabel="density", title="pair distances")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
