@@ -129,7 +129,9 @@ def run_replica(settings: MDSettings, replica: int, parts: Path, show_progress: 
                       checkpoint=checkpoint)
         done += m
     bar.close()
-    record["wall_seconds_this_run"] = time.perf_counter() - t0
+    # production wall time summed over runs (a resumed run adds its own)
+    record["wall_seconds"] = record.pop("wall_seconds_this_run", record.get("wall_seconds", 0.0)) + \
+        time.perf_counter() - t0
     record_path.write_text(json.dumps(record, indent=2))
     return record
 

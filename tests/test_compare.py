@@ -109,3 +109,17 @@ def test_lj_compare_writes_pair_distance_histograms(tmp_path, capsys):
                  "--out", str(tmp_path / "c"), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)["as_sampled"]
     assert (tmp_path / "c" / "pair_distances.png").is_file() and m["pair_distance_w1"] >= 0
+
+
+def test_shipped_md_reference_is_consistent():
+    from conftest import ROOT
+    path = ROOT / "systems/aldp/reference/aldp_md_2x50ns.npz"
+    assert path.stat().st_size < 5e6
+    target = load_target("aldp")
+    ens = load_ensemble([path], target)
+    assert ens.kind == "md" and ens.segments == [50_000, 50_000] and len(ens.phi) == 100_000
+    rows = np.load(path)["frames_row"]
+    u = target.energy(torch.as_tensor(ens.x[:200], dtype=torch.float64)).numpy()
+    assert np.allclose(u, ens.energy[rows[:200]], atol=2e-3)          # stored energies belong to the frames
+    phi = mdtraj.compute_phi(mdtraj.Trajectory(ens.x[:200].astype(np.float32), target.topology))[1][:, 0]
+    assert np.allclose(phi, ens.phi[rows[:200]], atol=1e-4)
