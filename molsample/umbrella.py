@@ -134,7 +134,11 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
     offset = 0
     for d in data:
         th = d[col]
-        g = timeseries.statistical_inefficiency(np.sin(th - float(d["centre"])))
+        # the restrained angle decorrelates in ~0.1 ps, but the other backbone angle (and with it the
+        # window's distribution) in tens of ps: decorrelate by the slowest of them
+        other = d["psi" if col == "phi" else "phi"]
+        g = max(timeseries.statistical_inefficiency(series) if np.ptp(series) > 0 else 1.0
+                for series in (np.sin(th - float(d["centre"])), np.cos(other), np.sin(other)))
         idx = np.asarray(timeseries.subsample_correlated_data(th, g=g)) + offset
         keep.append(idx)
         n_k.append(len(idx))
