@@ -138,8 +138,7 @@ def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
                              "replica (MD), MBAR (umbrella)",
                    "basins": "phi<0: alpha_R if -120<=psi<50 else C7eq/beta; phi>=0: alpha_L if psi>=0 else C7ax"}}
     if sample.log_w is not None:
-        metrics["sample"]["ess"] = kish_ess(sample.log_w[np.isfinite(sample.log_w)] if np.isinf(
-            sample.log_w).all() is False else sample.log_w, n_boot=100).as_dict()
+        metrics["sample"]["ess"] = kish_ess(sample.log_w, n_boot=100).as_dict()   # -inf = zero weight
     if sample.folded_fraction is not None:
         metrics["sample"]["fraction_folded_D_to_L"] = sample.folded_fraction
         metrics["sample"]["fraction_removed_mixed_chirality"] = sample.external.get("removed_mixed_chirality", 0.0)
@@ -159,9 +158,9 @@ def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
         if sample.x is not None and ref.x is not None and target.n_particles and not peptide and \
                 getattr(target, "topology", None) is None:
             ws = _weights(sample.log_w) if use_w else None
+            n_pairs = sample.x.shape[1] * (sample.x.shape[1] - 1) // 2     # each sample's weight on its pairs
             m["pair_distance_w1"] = wasserstein_1d(pair_distances(ref.x).ravel(), pair_distances(sample.x).ravel(),
-                                                   None, None if ws is None else np.repeat(ws, pair_distances(
-                                                       sample.x[:1]).shape[1]), 1)
+                                                   None, None if ws is None else np.repeat(ws, n_pairs), 1)
         metrics[name] = m
     return metrics
 
