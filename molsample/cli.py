@@ -213,7 +213,7 @@ def _cmd_pack(args) -> int:
     else:
         if len(args.files) != 1:
             raise ValueError("an umbrella reference is one .npz file")
-        out = pack_umbrella(args.files[0], target, args.out, args.frames, prov)
+        out = pack_umbrella(args.files[0], target, args.out, args.frames, prov, args.stride)
     print(f"wrote {out} ({Path(out).stat().st_size / 1e6:.2f} MB)")
     return 0
 
@@ -316,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--frames", type=int, default=4000, help="conformations kept")
     p.add_argument("--provenance", help="how the inputs were produced (stored in the file)")
+    p.add_argument("--stride", type=int, default=1, help="umbrella: keep every k-th sample's angles and weight")
     p.set_defaults(func=_cmd_pack)
 
     p = sub.add_parser("estimate", help="log Z, ELBO and ESS with errors from a samples file")

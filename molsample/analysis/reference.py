@@ -21,11 +21,17 @@ def pack_md(files: list[str | Path], target, out: str | Path, n_frames: int = 40
     return _save(out, arrays, target, [str(f) for f in files], provenance)
 
 
-def pack_umbrella(file: str | Path, target, out: str | Path, n_frames: int = 3000, provenance: str = "") -> Path:
-    """Pack an umbrella reference: phi, psi (float32) and log weights (float64) of every sample,
-    MBAR estimates, and ``n_frames`` frames drawn by weight (equal-weight frames)."""
+def pack_umbrella(file: str | Path, target, out: str | Path, n_frames: int = 3000, provenance: str = "",
+                  stride: int = 1) -> Path:
+    """Pack an umbrella reference: phi, psi (float32) and log weights (float64, renormalised) of every
+    ``stride``-th sample, the MBAR estimates of the full run, and ``n_frames`` frames drawn by weight
+    (equal-weight frames)."""
     file = Path(file)
-    d = np.load(file)
+    d = dict(np.load(file))
+    for key in ("phi", "psi", "energy_kj_per_mol"):
+        d[key] = d[key][::stride]
+    lw = d["log_w"][::stride]
+    d["log_w"] = lw - np.logaddexp.reduce(lw)
     rng = np.random.default_rng(0)
     w = np.exp(d["frames_log_w"] - d["frames_log_w"].max())
     pick = rng.choice(len(w), size=min(n_frames, len(w)), replace=True, p=w / w.sum())
@@ -33,7 +39,8 @@ def pack_umbrella(file: str | Path, target, out: str | Path, n_frames: int = 300
     arrays = {"kind": "umbrella", "phi": d["phi"].astype(np.float32), "psi": d["psi"].astype(np.float32),
               "log_w": d["log_w"], "energy": (d["energy_kj_per_mol"] / float(d["kT_kj_per_mol"])).astype(np.float32),
               "frames_xyz": d["frames_xyz"][pick].astype(np.float32), "frames_log_w": np.zeros(len(pick)),
-              "estimates": json.dumps(estimates["estimates"]), "umbrella_settings": json.dumps(estimates["settings"])}
+              "estimates": json.dumps(estimates["estimates"]), "umbrella_settings": json.dumps(estimates["settings"]),
+              "stride": stride}
     return _save(out, arrays, target, [str(file)], provenance)
 
 
