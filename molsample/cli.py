@@ -286,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("umbrella", help="umbrella sampling along a backbone dihedral + MBAR (a reference)")
     p.add_argument("system")
-    p.add_argument("--dihedral", choices=("phi", "psi"), default="phi")
-    p.add_argument("--windows", type=int, default=36)
+    p.add_argument("--dihedral", choices=("phi", "psi", "phi+psi"), default="phi",
+                   help="restrained angle(s); phi+psi is a 2D grid of windows x windows")
+    p.add_argument("--windows", type=int, default=36, help="windows per restrained angle")
     p.add_argument("--kappa", type=float, default=200.0, help="restraint constant, kJ/mol/rad^2")
     p.add_argument("--ns-per-window", type=float, default=0.5)
     p.add_argument("--equilibration", type=float, default=50.0, help="ps per window before sampling")

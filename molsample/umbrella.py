@@ -1,6 +1,6 @@
 """Enhanced-sampling reference: umbrella sampling along a backbone dihedral, combined by MBAR.
 
-Windows restrain the dihedral (phi or psi of the first residue that has it) with a periodic
+Windows restrain phi, psi, or both on a grid ('phi+psi'; first residue that has them) with a periodic
 harmonic bias 0.5 kappa min(|theta - theta_k|, 2 pi - |theta - theta_k|)^2 through an OpenMM
 CustomTorsionForce; windows run in parallel processes. MBAR (pymbar) on samples decorrelated by
 each window's statistical inefficiency gives the window free energies; every saved sample then
@@ -57,6 +57,26 @@ def window_centres(n: int) -> np.ndarray:
     return -math.pi + 2 * math.pi * (np.arange(n) + 0.5) / n
 
 
+def restrained_angles(settings: "UmbrellaSettings") -> list[str]:
+    """'phi', 'psi' or 'phi+psi' (a 2D grid of windows x windows) as a list of angle names."""
+    names = settings.dihedral.split("+")
+    if not names or any(n not in ("phi", "psi") for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"dihedral must be 'phi', 'psi' or 'phi+psi', got {settings.dihedral!r}")
+    return names
+
+
+def all_centres(settings: "UmbrellaSettings") -> np.ndarray:
+    """Window centres, shape (n_windows, n_restrained_angles): a grid for 'phi+psi'."""
+    c = window_centres(settings.windows)
+    grids = np.meshgrid(*[c] * len(restrained_angles(settings)), indexing="ij")
+    return np.stack([g.ravel() for g in grids], axis=1)
+
+
+def window_bias(data_or_angles, centre: np.ndarray, names: list[str], kappa: float) -> np.ndarray:
+    """Total restraint energy (kJ/mol) of samples in the window with the given centre."""
+    return sum(bias_energy(data_or_angles[n], c, kappa) for n, c in zip(names, np.atleast_1d(centre)))
+
+
 def bias_energy(theta: np.ndarray, centre: float, kappa: float) -> np.ndarray:
     """Periodic harmonic bias in kJ/mol."""
     d = np.abs(np.angle(np.exp(1j * (theta - centre))))
@@ -77,13 +97,14 @@ def run_window(settings: UmbrellaSettings, k: int, workdir: Path) -> str:
     temperature = settings.temperature or target.temperature
     system, _ = target.openmm_system()
     system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))   # a private copy
-    centre = float(window_centres(settings.windows)[k])
-    atoms = dihedral_atoms(target.topology, settings.dihedral)
+    names = restrained_angles(settings)
+    centre = all_centres(settings)[k]
     force = openmm.CustomTorsionForce("0.5*kappa*dtheta^2; dtheta = min(d, 2*pi - d); d = abs(theta - theta0);"
                                       f" pi = {math.pi}")
     force.addGlobalParameter("kappa", settings.kappa)
     force.addPerTorsionParameter("theta0")
-    force.addTorsion(*atoms, [centre])
+    for name, c in zip(names, centre):
+        force.addTorsion(*dihedral_atoms(target.topology, name), [float(c)])
     system.addForce(force)
     integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, settings.friction_per_ps / unit.picosecond,
                                                  settings.timestep_fs * unit.femtosecond)
@@ -127,26 +148,26 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
     from pymbar import MBAR, timeseries
 
     data = [np.load(f) for f in files]
-    centres = np.array([float(d["centre"]) for d in data])
-    col = settings.dihedral
-    theta_all = np.concatenate([d[col] for d in data])
+    names = restrained_angles(settings)
+    centres = np.array([np.atleast_1d(d["centre"]).astype(float) for d in data])   # (K, n_angles)
+    angles_all = {n: np.concatenate([d[n] for d in data]) for n in ("phi", "psi")}
     keep, n_k, g_k = [], [], []
     offset = 0
     for d in data:
-        th = d[col]
-        # the restrained angle decorrelates in ~0.1 ps, but the other backbone angle (and with it the
+        # a restrained angle decorrelates in ~0.1 ps, an unrestrained backbone angle (and with it the
         # window's distribution) in tens of ps: decorrelate by the slowest of them
-        other = d["psi" if col == "phi" else "phi"]
-        g = max(timeseries.statistical_inefficiency(series) if np.ptp(series) > 0 else 1.0
-                for series in (np.sin(th - float(d["centre"])), np.cos(other), np.sin(other)))
-        idx = np.asarray(timeseries.subsample_correlated_data(th, g=g)) + offset
+        c = np.atleast_1d(d["centre"]).astype(float)
+        series = [np.sin(d[n] - ci) for n, ci in zip(names, c)]
+        series += [f(d[n]) for n in ("phi", "psi") if n not in names for f in (np.cos, np.sin)]
+        g = max(timeseries.statistical_inefficiency(x) if np.ptp(x) > 0 else 1.0 for x in series)
+        idx = np.asarray(timeseries.subsample_correlated_data(d["phi"], g=g)) + offset
         keep.append(idx)
         n_k.append(len(idx))
         g_k.append(g)
-        offset += len(th)
+        offset += len(d["phi"])
     keep = np.concatenate(keep)
-    theta = theta_all[keep]
-    u_kn = np.stack([bias_energy(theta, c, settings.kappa) / kt for c in centres])
+    kept = {n: a[keep] for n, a in angles_all.items()}
+    u_kn = np.stack([window_bias(kept, c, names, settings.kappa) / kt for c in centres])
     mbar = MBAR(u_kn, np.array(n_k))
     f_k = mbar.f_k
     overlap = mbar.compute_overlap()["scalar"]
@@ -154,7 +175,7 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
         raise ValueError(f"umbrella windows barely overlap (MBAR overlap {overlap:.2e}); use more windows, a "
                          "smaller kappa or longer windows")
     # unbiased log weights of every sample (decorrelated or not), from the window free energies
-    u_all = np.stack([bias_energy(theta_all, c, settings.kappa) / kt for c in centres])
+    u_all = np.stack([window_bias(angles_all, c, names, settings.kappa) / kt for c in centres])
     log_denom = np.logaddexp.reduce(np.log(np.array(n_k))[:, None] + f_k[:, None] - u_all, axis=0)
     log_w = -log_denom - np.logaddexp.reduce(-log_denom)
     # dF and populations with MBAR uncertainties (decorrelated samples, unbiased state u = 0)
@@ -181,7 +202,7 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
     prof[:, 1] -= np.nanmin(prof[:, 1])
     res["profile_phi"] = {"centres_rad": prof[:, 0].tolist(), "F_kT": prof[:, 1].tolist(), "stderr_kT": prof[:, 2].tolist()}
     res["mbar_overlap"] = float(overlap)
-    res["windows"] = {"centres_rad": centres.tolist(), "n_decorrelated": [int(n) for n in n_k],
+    res["windows"] = {"restrained": names, "centres_rad": centres.tolist(), "n_decorrelated": [int(n) for n in n_k],
                       "g": [float(g) for g in g_k], "f_k": f_k.tolist()}
     return res, log_w, phi, psi
 
@@ -204,7 +225,7 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     workers = workers or os.cpu_count() or 1
     from tqdm import tqdm
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_window, settings, k, workdir) for k in range(settings.windows)]
+        futures = [pool.submit(run_window, settings, k, workdir) for k in range(len(all_centres(settings)))]
         files = [f.result() for f in tqdm(futures, desc="umbrella windows", unit="window")]
     wall = time.perf_counter() - t0
     target = load_target(settings.system)
@@ -212,7 +233,7 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     res, log_w, phi, psi = mbar_analysis(settings, files, kt)
     data = [np.load(f) for f in files]
     energy = np.concatenate([d["energy"] for d in data])
-    offsets = np.cumsum([0] + [len(d[settings.dihedral]) for d in data])[:-1]
+    offsets = np.cumsum([0] + [len(d["phi"]) for d in data])[:-1]
     frame_rows = np.concatenate([o + d["frame_index"] for o, d in zip(offsets, data)])
     xyz = np.concatenate([d["xyz"] for d in data])
     np.savez(out, phi=phi.astype(np.float32), psi=psi.astype(np.float32), energy_kj_per_mol=energy,
