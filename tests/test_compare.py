@@ -125,10 +125,11 @@ def test_shipped_md_reference_is_consistent():
     assert np.allclose(phi, ens.phi[rows[:200]], atol=1e-4)
 
 
-def test_shipped_umbrella_reference_is_consistent():
+@pytest.mark.parametrize("name", ["aldp_umbrella_phi_36x2ns.npz", "aldp_umbrella_2d_12x12.npz"])
+def test_shipped_umbrella_reference_is_consistent(name):
     from conftest import ROOT
     from molsample.analysis.compare import fraction
-    path = ROOT / "systems/aldp/reference/aldp_umbrella_phi_36x2ns.npz"
+    path = ROOT / "systems/aldp/reference" / name
     assert path.stat().st_size < 5e6
     ens = load_ensemble([path], load_target("aldp"))
     assert ens.kind == "umbrella" and abs(np.exp(ens.angle_log_w).sum() - 1) < 1e-9
