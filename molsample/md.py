@@ -209,9 +209,8 @@ def run_md(settings: MDSettings, out: str | Path, replicas: int = 1, resume: boo
         chain = topology.add_chain()
         for i in range(target.n_particles):
             topology.add_atom("Ar", mdtraj.element.argon, topology.add_residue("LJ", chain))
-    temperature = settings.temperature or target.temperature or 300.0
     from .targets.openmm_target import kt_kj_per_mol
-    kt = kt_kj_per_mol(temperature) if target.temperature else target.openmm_system(temperature)[1]
+    kt = kt_kj_per_mol(settings.temperature or target.temperature or 300.0)
     files = []
     for r, d in enumerate(dirs):
         path = out if replicas == 1 else out.with_name(f"{out.stem}.r{r}{out.suffix}")

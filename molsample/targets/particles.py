@@ -77,9 +77,9 @@ class LennardJones(Target):
         Returns (system, kT) with kT in kJ/mol, so that E_openmm / kT equals :meth:`energy`.
         """
         import openmm
-        from openmm import unit
 
-        kt = (unit.MOLAR_GAS_CONSTANT_R * temperature * unit.kelvin).value_in_unit(unit.kilojoule_per_mole)
+        from .openmm_target import kt_kj_per_mol
+        kt = kt_kj_per_mol(temperature)
         system = openmm.System()
         for _ in range(self.n_particles):
             system.addParticle(mass)
