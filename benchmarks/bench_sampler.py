@@ -63,8 +63,11 @@ def main() -> None:
             lq, res = log_q_of(exp.velocity(), exp.prior, y, k)
             ok = torch.isfinite(lq) & (res < 1e-4)
             lw_ref = (-target.energy(y) - lq).detach().double().numpy()
-            e = eubo(lw_ref[ok.numpy()])
-            eu = f"{e.value - true:.3f} +- {e.stderr:.3f} ({int((~ok).sum())})"
+            if ok.any():
+                e = eubo(lw_ref[ok.numpy()])
+                eu = f"{e.value - true:.3f} +- {e.stderr:.3f} ({int((~ok).sum())})"
+            else:
+                eu = f"- (all {len(ok)} unconverged)"
         print(f"| {k} | {abs(lz_e.value - true):.3f} +- {lz_e.stderr:.3f} | {abs(lz_p.value - true):.3f} +- "
               f"{lz_p.stderr:.3f} | {ess(s_e.log_w.double().numpy(), n_boot=0).value:.4f} | "
               f"{s_e.n_nonpositive_det} | {s_e.lipschitz_max:.3f} | {dist:.4f} | {eu} | {s_e.seconds:.1f} |")
