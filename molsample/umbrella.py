@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .analysis.timeseries import backbone_dihedrals
 from .md import _atomic_savez
 
 
@@ -117,18 +118,15 @@ def run_window(settings: UmbrellaSettings, k: int, workdir: Path) -> str:
     n_samples = int(settings.ns_per_window * 1e6 / settings.timestep_fs / settings.sample_every)
     per_frame = max(settings.frame_every // settings.sample_every, 1)
     xyz = np.empty((n_samples, target.n_particles, 3), dtype=np.float32)
-    energy = np.empty(n_samples)
     for i in range(n_samples):
         integrator.step(settings.sample_every)
         st = ctx.getState(getPositions=True)
         xyz[i] = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-    traj = mdtraj.Trajectory(xyz, target.topology)
-    _, phi = mdtraj.compute_phi(traj)
-    _, psi = mdtraj.compute_psi(traj)
+    angles = backbone_dihedrals(mdtraj.Trajectory(xyz, target.topology))
     import torch
     with torch.no_grad():
         energy = target.energy_kj(torch.as_tensor(xyz, dtype=torch.float64)).numpy()   # unbiased, kJ/mol
-    _atomic_savez(out, centre=centre, phi=phi[:, 0], psi=psi[:, 0], energy=energy, xyz=xyz[::per_frame],
+    _atomic_savez(out, centre=centre, phi=angles["phi"], psi=angles["psi"], energy=energy, xyz=xyz[::per_frame],
                   frame_index=np.arange(0, n_samples, per_frame), cpu_seconds=time.process_time() - c0)
     return str(out)
 

@@ -16,15 +16,9 @@ from ..estimate import ess as kish_ess
 from .basins import BASINS, basin_indicators
 from .ensembles import Ensemble
 from .stats import histogram_kl, torus_w2, wasserstein_1d
+from .stats import weights_from_log as _weights
 
 ANGLE_BINS = 36                     # 10-degree bins on [-pi, pi) for every KL
-
-
-def _weights(log_w):
-    if log_w is None:
-        return None
-    w = np.exp(log_w - np.max(log_w[np.isfinite(log_w)]))
-    return np.where(np.isfinite(w), w, 0.0)
 
 
 def _md_fraction(indicator: np.ndarray, segments: list[int]) -> tuple[float, float]:

@@ -6,19 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .stats import weights_from_log as _w
+
 
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def _w(log_w):
-    if log_w is None:
-        return None
-    w = np.exp(log_w - np.max(log_w[np.isfinite(log_w)]))
-    return np.where(np.isfinite(w), w, 0.0)
 
 
 def ramachandran(ax, phi, psi, weights, title):

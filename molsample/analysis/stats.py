@@ -6,6 +6,14 @@ import numpy as np
 KL_FLOOR = 1e-10
 
 
+def weights_from_log(log_w):
+    """Relative weights exp(log w - max) with non-finite entries as zero; None stays None (equal weights)."""
+    if log_w is None:
+        return None
+    w = np.exp(log_w - np.max(log_w[np.isfinite(log_w)]))
+    return np.where(np.isfinite(w), w, 0.0)
+
+
 def _norm_w(w, n):
     w = np.ones(n) if w is None else np.asarray(w, dtype=float)
     return w / w.sum()
