@@ -6,8 +6,9 @@ from dataclasses import dataclass
 import torch
 
 from .config import ExperimentConfig
-from .flow import CosineSchedule, DriftVelocity, Prior, Space
+from .flow import CosineSchedule, DirectVelocity, DriftVelocity, Prior, Space
 from .nn import LangevinDrift, MLPCore
+from .nn.equivariant import EquivariantCore, molecule_types
 from .targets import Target, load_target
 
 
@@ -18,23 +19,49 @@ class Experiment:
     space: Space
     prior: Prior
     schedule: CosineSchedule
-    model: LangevinDrift
+    model: torch.nn.Module
     dtype: torch.dtype
     device: torch.device
 
-    def velocity(self, model: LangevinDrift | None = None) -> DriftVelocity:
-        return DriftVelocity(model if model is not None else self.model, self.schedule)
+    @property
+    def route(self) -> str:
+        return self.config.route
+
+    def velocity(self, model: torch.nn.Module | None = None):
+        """The step velocity b(x, t, d): b = 0.5 sigma u + 0.5 beta x for the energy route (u the
+        Langevin-preconditioned drift), the network itself for the data route."""
+        model = model if model is not None else self.model
+        if self.route == "data":
+            return DirectVelocity(model)
+        return DriftVelocity(model, self.schedule)
+
+
+def particle_types(target: Target):
+    """Node and edge types for the equivariant core: force-field types for molecules, one type
+    for identical particles (LJ, DW4)."""
+    if target.n_particles is None:
+        raise ValueError(f"model kind 'egnn' needs a particle target; {target.name!r} has event shape "
+                         f"{target.event_shape}")
+    if hasattr(target, "system") and hasattr(target, "topology"):
+        return molecule_types(target)
+    return [0] * target.n_particles, None
 
 
 def build_model(cfg: ExperimentConfig, target: Target, space: Space, prior: Prior,
-                schedule: CosineSchedule) -> LangevinDrift:
+                schedule: CosineSchedule) -> torch.nn.Module:
     m = cfg.model
-    if m.kind != "mlp":
-        raise ValueError(f"unknown model kind {m.kind!r}")
     n_base = cfg.train.n_base
     with torch.random.fork_rng(devices=[]):       # deterministic init without touching global RNG state
         torch.manual_seed(cfg.seed)
-        core = MLPCore(space, m.hidden, m.layers, m.n_freq, n_base)
+        if m.kind == "mlp":
+            core = MLPCore(space, m.hidden, m.layers, m.n_freq, n_base)
+        elif m.kind == "egnn":
+            node, edge = particle_types(target)
+            core = EquivariantCore(space, node, edge, m.hidden, m.layers, m.n_rbf, m.r_max, m.n_freq, n_base)
+        else:
+            raise ValueError(f"unknown model kind {m.kind!r}")
+        if cfg.route == "data":
+            return core
         return LangevinDrift(core, target, prior, schedule, m.langevin_clip, m.n_freq, n_base)
 
 

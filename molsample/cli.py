@@ -95,7 +95,8 @@ def _cmd_sample(args) -> int:
     exp, ckpt = load_checkpoint(args.checkpoint, args.device)
     gen = torch.Generator().manual_seed(args.seed)
     s = sample(exp.velocity(), exp.prior, exp.target, args.n, args.steps, args.weights, gen,
-               batch_size=args.batch_size, dtype=exp.dtype, device=exp.device, schedule=exp.schedule)
+               batch_size=args.batch_size, dtype=exp.dtype, device=exp.device,
+               schedule=exp.schedule if exp.route == "energy" else None)
     meta = {"system": exp.target.name, "checkpoint": str(args.checkpoint), "steps": args.steps,
             "weights": args.weights, "n": args.n, "seed": args.seed, "seconds": s.seconds,
             "n_nonpositive_det": s.n_nonpositive_det,

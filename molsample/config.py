@@ -85,11 +85,13 @@ def _check_type(value, hint, where: str):
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The drift network."""
-    kind: typing.Literal["mlp"] = "mlp"
+    kind: typing.Literal["mlp", "egnn"] = "mlp"
     hidden: int = 128
     layers: int = 3
     n_freq: int = 8
     langevin_clip: float = 100.0
+    n_rbf: int = 16
+    r_max: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +130,24 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Reference samples for the data-assisted route: the base flow is learned by flow matching on
+    them (linear interpolant from the prior), then self-distilled to large steps.
+
+    ``path``: a file of frames (``molsample umbrella`` / ``molsample md`` output, a compact reference,
+    or a trajectory mdtraj reads). Frames are drawn with probability proportional to w^weight_power
+    (w: the file's per-frame Boltzmann weights; 1 reproduces the reference distribution, smaller
+    values flatten it so that the proposal covers rare states; exact weights correct for it).
+    ``mirror``: reflect half of the frames (valid for mirror-symmetric force fields, see TARGETS).
+    """
+    path: str
+    weight_power: float = 1.0
+    mirror: bool = True
+    ot_coupling: bool = True
+    fm_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One training run: target, network, schedule, training settings."""
     target: str
@@ -136,7 +156,13 @@ class ExperimentConfig:
     model: ModelConfig = ModelConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
+    data: DataConfig | None = None
     description: str = ""
+
+    @property
+    def route(self) -> str:
+        """``energy`` (data-free, METHOD) or ``data`` (flow matching on reference samples)."""
+        return "data" if self.data is not None else "energy"
 
     @classmethod
     def load(cls, path) -> "ExperimentConfig":

@@ -125,6 +125,17 @@ class DriftVelocity:
         return 0.5 * _bt(self.schedule.sigma(t), x) * u + 0.5 * _bt(self.schedule.beta(t), x) * x
 
 
+class DirectVelocity:
+    """b(x, t, d) = net(x, t, d): the velocity of a flow learned on data (linear interpolant
+    x_t = (1 - t) x_0 + t x_1 from the prior). Keyword options of the drift route are ignored."""
+
+    def __init__(self, net: Callable):
+        self.net = net
+
+    def __call__(self, x, t, d, **kw):
+        return self.net(x, as_times(t, x), as_times(d, x))
+
+
 def pf_step(velocity: Velocity, x: torch.Tensor, t, d, **kw) -> torch.Tensor:
     """Deterministic step Phi(x; t, d) = x + d b(x, t, d)."""
     t, d = as_times(t, x), as_times(d, x)

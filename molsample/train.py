@@ -103,22 +103,30 @@ class Trainer:
             rows = torch.arange(m) % cfg.batch
             x = path.states[index, rows]
             t, d = t.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
-            student, teacher = exp.velocity(model), exp.velocity(self.ema)
-            l_sd, x_mid = losses.self_consistency(student, teacher, x, t, d)
-            l_sd = l_sd / exp.schedule.s0**2          # state differences in units of the prior scale
-            ramp = min(1.0, (self.state.iteration + 1 - cfg.sd_start) / max(cfg.sd_ramp, 1))
-            total = total + cfg.sd_weight * ramp * l_sd
-            logs["sd"] = l_sd.item()
-            if cfg.vol_weight > 0:
-                l_vol = losses.volume_consistency(student, teacher, x, x_mid, t, d, exp.space, cfg.vol_form, gen)
-                total = total + cfg.vol_weight * l_vol
-                logs["vol"] = l_vol.item()
-            if cfg.jac_weight > 0:
-                l_jac = losses.jacobian_penalty(model, x, t, d, exp.space, gen)
-                total = total + cfg.jac_weight * l_jac
-                logs["jac"] = l_jac.item()
+            total = total + self.consistency_losses(x, t, d, model, logs)
         logs["loss"] = total.item()
         return total, logs
+
+    def consistency_losses(self, x, t, d, model, logs) -> torch.Tensor:
+        """Self-consistency, volume consistency and Jacobian penalty from states x at times t with
+        big steps d (both routes)."""
+        exp, cfg, gen = self.exp, self.cfg, self.gen
+        student, teacher = exp.velocity(model), exp.velocity(self.ema)
+        l_sd, x_mid = losses.self_consistency(student, teacher, x, t, d)
+        l_sd = l_sd / exp.schedule.s0**2          # state differences in units of the prior scale
+        ramp = min(1.0, (self.state.iteration + 1 - cfg.sd_start) / max(cfg.sd_ramp, 1))
+        total = cfg.sd_weight * ramp * l_sd
+        logs["sd"] = l_sd.item()
+        if cfg.vol_weight > 0:
+            l_vol = losses.volume_consistency(student, teacher, x, x_mid, t, d, exp.space, cfg.vol_form, gen)
+            total = total + cfg.vol_weight * l_vol
+            logs["vol"] = l_vol.item()
+        if cfg.jac_weight > 0:
+            drift = model if exp.route == "energy" else student
+            l_jac = losses.jacobian_penalty(drift, x, t, d, exp.space, gen)
+            total = total + cfg.jac_weight * l_jac
+            logs["jac"] = l_jac.item()
+        return total
 
     def step(self) -> dict:
         self.opt.zero_grad(set_to_none=True)
@@ -148,7 +156,8 @@ class Trainer:
         exp = self.exp
         gen = torch.Generator().manual_seed(12345)
         s = sample(exp.velocity(self.ema), exp.prior, exp.target, self.cfg.eval_samples, steps,
-                   self.cfg.eval_weights, gen, dtype=exp.dtype, device=exp.device, schedule=exp.schedule)
+                   self.cfg.eval_weights, gen, dtype=exp.dtype, device=exp.device,
+                   schedule=exp.schedule if exp.route == "energy" else None)
         lw = s.log_w.double().cpu().numpy()
         out = {f"ess_{steps}": ess_estimate(lw, n_boot=0).value, f"log_z_{steps}": log_z_estimate(lw, n_boot=0).value,
                f"bad_det_{steps}": s.n_nonpositive_det}
@@ -178,7 +187,7 @@ class Trainer:
                 if it % self.cfg.checkpoint_every == 0 or it == total:
                     self.save()
                     log.flush()
-                bar.set_postfix(loss=f"{logs['loss']:.3g}", path_ess=f"{logs['path_ess']:.3f}",
+                bar.set_postfix(loss=f"{logs['loss']:.3g}", **{k: f"{logs[k]:.3f}" for k in ("path_ess", "fm") if k in logs},
                                 **{k: f"{v:.3g}" for k, v in last.items()}, skipped=self.state.nonfinite_total)
                 bar.update(1)
         finally:
@@ -187,7 +196,46 @@ class Trainer:
         return self.state
 
 
+class DataTrainer(Trainer):
+    """The data-assisted route (METHOD, "What molsample adds"): the base flow is learned by flow
+    matching on reference frames (linear interpolant from the prior, optional minibatch OT
+    coupling), at the base step size 1/N_base; larger steps are self-distilled from it with the
+    same self-consistency, volume and Jacobian losses as the data-free route."""
+
+    def __init__(self, exp: Experiment, out_dir: Path, progress: bool = True):
+        super().__init__(exp, out_dir, progress)
+        from .data import FrameSampler, load_frames
+        dc = exp.config.data
+        x, lw = load_frames(dc.path, exp.target)
+        self.frames = FrameSampler(x, lw, exp.space, dc.weight_power, dc.mirror, exp.dtype, exp.device)
+
+    def losses(self) -> tuple[torch.Tensor, dict]:
+        exp, cfg, gen, dc = self.exp, self.cfg, self.gen, self.exp.config.data
+        x1 = self.frames.sample(cfg.batch, gen)
+        x0 = exp.prior.sample(cfg.batch, gen, dtype=exp.dtype).to(exp.device)
+        if dc.ot_coupling:
+            x0 = losses.ot_coupling(x0, x1)
+        t = torch.rand(cfg.batch, generator=gen, dtype=torch.float64).to(exp.dtype).to(exp.device)
+        l_fm = losses.flow_matching_loss(exp.velocity(), x0, x1, t, 1.0 / cfg.n_base) / exp.schedule.s0**2
+        total = dc.fm_weight * l_fm
+        logs = {"fm": l_fm.item()}
+        if (cfg.sd_weight > 0 or cfg.vol_weight > 0) and self.state.iteration >= cfg.sd_start:
+            m = min(cfg.sd_batch, cfg.batch)
+            ts, d, _ = losses.sample_big_steps(m, cfg.n_base, gen)
+            ts, d = ts.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
+            x = losses.interpolate(x0[:m], x1[:m], ts)
+            total = total + self.consistency_losses(x, ts, d, exp.model, logs)
+        logs["loss"] = total.item()
+        return total, logs
+
+
+def make_trainer(exp: Experiment, out_dir: str | Path, progress: bool = True) -> Trainer:
+    """The trainer of the experiment's route."""
+    cls = DataTrainer if exp.route == "data" else Trainer
+    return cls(exp, Path(out_dir), progress)
+
+
 def train(config: ExperimentConfig, out_dir: str | Path, device: str = "cpu", resume: bool = False,
           progress: bool = True) -> TrainState:
     """Train ``config`` into ``out_dir`` (checkpoint.pt, config.json, log.jsonl)."""
-    return Trainer(build(config, device), Path(out_dir), progress).run(resume)
+    return make_trainer(build(config, device), out_dir, progress).run(resume)
