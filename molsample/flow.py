@@ -135,6 +135,13 @@ class DirectVelocity:
     def __call__(self, x, t, d, **kw):
         return self.net(x, as_times(t, x), as_times(d, x))
 
+    def jacobian(self, x, t, d, basis):
+        """Q^T (db/dx) Q (B, dof, dof) by the network's own forward-mode Jacobian, or None when
+        the network has none (then autograd is used)."""
+        if not hasattr(self.net, "jacobian"):
+            return None
+        return self.net.jacobian(x, as_times(t, x), as_times(d, x), basis)
+
 
 def pf_step(velocity: Velocity, x: torch.Tensor, t, d, **kw) -> torch.Tensor:
     """Deterministic step Phi(x; t, d) = x + d b(x, t, d)."""

@@ -45,7 +45,14 @@ def _vjps(out: torch.Tensor, x: torch.Tensor, vectors: torch.Tensor, create_grap
 
 def velocity_jacobian(velocity, x: torch.Tensor, t, d, space: Space, create_graph: bool = False,
                       **kw) -> torch.Tensor:
-    """Q^T (db/dx) Q at each sample, shape (B, dof, dof) (row k, column l: q_k^T J q_l)."""
+    """Q^T (db/dx) Q at each sample, shape (B, dof, dof) (row k, column l: q_k^T J q_l).
+
+    Uses the velocity's own ``jacobian`` (forward mode, much cheaper) when it has one and no graph
+    is needed; otherwise dof batched vector-Jacobian products."""
+    if not create_graph and not kw and hasattr(velocity, "jacobian"):
+        jac = velocity.jacobian(x.detach(), t, d, space.basis(x.dtype, x.device))
+        if jac is not None:
+            return jac
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True) if not x.requires_grad else x
         b = velocity(xg, t, d, **kw)
