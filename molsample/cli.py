@@ -203,6 +203,16 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_quickstart(args) -> int:
+    from .quickstart import run_quickstart
+
+    res = run_quickstart(args.checkpoint, args.out, args.n, args.min_weights, args.budget_seconds, args.seed,
+                         args.device, progress=not args.quiet)
+    print(res.report.read_text().split("\n## ")[0].split("\n# ")[0])
+    print(f"report: {res.report}")
+    return 0
+
+
 def _cmd_pack(args) -> int:
     from .analysis.reference import pack_md, pack_umbrella
     from .targets import load_target
@@ -310,6 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="name of the samples in the report")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("quickstart", help="alanine dipeptide in one step: sample, exact weights, compare with MD")
+    p.add_argument("--checkpoint", help="one-step checkpoint (default: the shipped alanine dipeptide model)")
+    p.add_argument("--out", default="quickstart_aldp", help="report directory")
+    p.add_argument("--n", type=int, default=100_000, help="conformations to draw")
+    p.add_argument("--min-weights", type=int, default=20_000, help="exact weights computed at least")
+    p.add_argument("--budget-seconds", type=float, default=600.0, help="wall-time budget of the whole run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_quickstart)
 
     p = sub.add_parser("pack-reference", help="pack MD or umbrella output into a compact reference (< 5 MB)")
     p.add_argument("kind", choices=("md", "umbrella"))

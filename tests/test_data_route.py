@@ -1,0 +1,107 @@
+"""The data-assisted route: frames, weighting, mirroring, OT coupling, flow matching, and a tiny
+train -> sample -> compare run on alanine dipeptide."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from molsample import losses
+from molsample.cli import main
+from molsample.data import FrameSampler, load_frames
+from molsample.flow import DirectVelocity, Space
+from molsample.io import TopologyMismatchError
+from molsample.targets import load_target
+
+from conftest import ROOT
+
+TINY = ROOT / "configs" / "tiny-aldp-data.yaml"
+UMBRELLA = ROOT / "systems" / "aldp" / "reference" / "aldp_umbrella_2d_12x12.npz"
+
+
+def test_frame_sampler_weights_and_mirror():
+    space = Space((3, 3), com_free=True)
+    x = np.random.default_rng(0).normal(size=(3, 3, 3))
+    log_w = np.log([0.7, 0.2, 0.1])
+    g = torch.Generator().manual_seed(0)
+    for power, expected in [(1.0, [0.7, 0.2, 0.1]), (0.0, [1 / 3] * 3), (0.5, np.sqrt([0.7, 0.2, 0.1]))]:
+        fs = FrameSampler(x, log_w, space, power=power, dtype=torch.float64)
+        got = fs.sample(20000, g)
+        counts = np.array([(got - fs.x[i]).abs().amax((1, 2)).lt(1e-12).sum() for i in range(3)]) / 20000
+        assert np.allclose(counts, np.asarray(expected) / np.sum(expected), atol=0.015)
+    fs = FrameSampler(x, np.zeros(3), space, mirror=True, dtype=torch.float64)
+    got = fs.sample(4000, g)
+    mirrored = fs.x.clone()
+    mirrored[..., 0] *= -1
+    is_mirror = torch.stack([(got - mirrored[i]).abs().amax((1, 2)) < 1e-12 for i in range(3)]).any(0)
+    assert 0.45 < is_mirror.double().mean() < 0.55
+    assert got.mean(1).abs().max() < 1e-12                                  # centred
+
+
+def test_load_frames_checks_shape(tmp_path):
+    target = load_target("aldp")
+    x, lw = load_frames(UMBRELLA, target)
+    assert x.shape[1:] == (22, 3) and lw.shape == (len(x),)
+    np.savez(tmp_path / "bad.npz", xyz=np.zeros((4, 13, 3)))
+    with pytest.raises(TopologyMismatchError, match="aldp"):
+        load_frames(tmp_path / "bad.npz", target)
+    np.savez(tmp_path / "nan.npz", xyz=np.full((2, 22, 3), np.nan))
+    with pytest.raises(ValueError, match="non-finite"):
+        load_frames(tmp_path / "nan.npz", target)
+    with pytest.raises(FileNotFoundError, match="molsample umbrella"):
+        load_frames(tmp_path / "missing.npz", target)
+
+
+def test_ot_coupling_is_a_permutation_that_lowers_the_cost():
+    g = torch.Generator().manual_seed(1)
+    x0, x1 = torch.randn(64, 4, 3, generator=g), torch.randn(64, 4, 3, generator=g) + 1.0
+    y0 = losses.ot_coupling(x0, x1)
+    assert torch.equal(torch.sort(y0.reshape(64, -1), dim=0)[0], torch.sort(x0.reshape(64, -1), dim=0)[0])
+    assert (y0 - x1).pow(2).sum() < (x0 - x1).pow(2).sum()
+
+
+def test_flow_matching_loss_is_zero_for_the_exact_conditional_velocity():
+    # with a single data point x1 and a point-mass coupling, the exact velocity field is (x1 - x_t) / (1 - t)
+    x1 = torch.randn(1, 5, dtype=torch.float64).expand(8, 5)
+    x0 = torch.randn(8, 5, dtype=torch.float64)
+    t = torch.rand(8, dtype=torch.float64) * 0.9
+    exact = DirectVelocity(lambda x, tt, d: (x1 - x) / (1 - tt[:, None]))
+    assert losses.flow_matching_loss(exact, x0, x1, t, 0.1) < 1e-24
+    assert losses.flow_matching_loss(DirectVelocity(lambda x, tt, d: 0 * x), x0, x1, t, 0.1) > 0.1
+
+
+def test_cli_data_route_train_sample_compare(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(TINY), "--out", str(out), "--quiet"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 6 and all(np.isfinite(r["fm"]) for r in log) and "sd" in log[-1] and "vol" in log[-1]
+    samples = tmp_path / "s.npz"
+    assert main(["sample", str(out / "checkpoint.pt"), "--n", "40", "--steps", "1", "--out", str(samples)]) == 0
+    with np.load(samples) as z:
+        assert z["x"].shape == (40, 22, 3) and np.isfinite(z["log_q"]).all()
+        assert np.abs(z["x"].mean(1)).max() < 1e-5
+    capsys.readouterr()
+    assert main(["compare", str(samples), "--reference", str(UMBRELLA), "--out", str(tmp_path / "cmp"),
+                 "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0.0 <= metrics["sample"]["fraction_folded_D_to_L"] <= 1.0
+    assert metrics["sample"]["n"] == 40
+
+
+def test_quickstart_pipeline_on_a_tiny_checkpoint(tmp_path, capsys):
+    assert main(["train", str(TINY), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(out),
+                 "--n", "600", "--min-weights", "300", "--budget-seconds", "0", "--quiet"]) == 0
+    meta = json.loads((out / "quickstart.json").read_text())
+    assert meta["n_drawn"] == 600 and meta["n"] == 512            # the minimum, rounded up to whole batches
+    with np.load(out / "samples.npz") as z:
+        assert z["x"].shape == (512, 22, 3) and np.isfinite(z["log_q"]).all()
+    report = (out / "report.md").read_text()
+    assert "exact importance weights for 512" in report and "vs_md/" in report and "vs_umbrella/" in report
+    assert (out / "vs_md" / "metrics.json").is_file() and (out / "vs_umbrella" / "metrics.json").is_file()
+
+
+def test_quickstart_rejects_a_missing_checkpoint(tmp_path, capsys):
+    assert main(["quickstart", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 2
+    assert "configs/aldp-data.yaml" in capsys.readouterr().err
