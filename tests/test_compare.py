@@ -109,6 +109,26 @@ def test_lj_compare_writes_pair_distance_histograms(tmp_path, capsys):
                  "--out", str(tmp_path / "c"), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)["as_sampled"]
     assert (tmp_path / "c" / "pair_distances.png").is_file() and m["pair_distance_w1"] >= 0
+    assert m["pair_distance_w2"] >= m["pair_distance_w1"] and m["equivariant_w2"] > 0
+    dem = m["dem_convention"]
+    assert np.isclose(dem["energy_w2_squared"], dem["energy_w2"] ** 2)
+    assert m["energy_w2_squared_kT2"] > 0
+
+
+def test_lj_dem_convention_energy_distance_is_the_pair_part_doubled(tmp_path):
+    from molsample.analysis.compare import particle_metrics
+    from molsample.analysis.ensembles import Ensemble
+    from molsample.targets import load_target
+    target = load_target("lj13")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 13, 3)) * 0.8
+    y = x * 1.02                                  # a slightly stretched copy
+    ens = lambda z: Ensemble("s", "samples", z, target.energy(torch.as_tensor(z)).numpy())
+    m = particle_metrics(ens(y), ens(x), target, use_weights=False, n_eq=10)
+    dem = load_target("lj13", convention="dem")
+    ud, ux = dem.energy(torch.as_tensor(y)).numpy(), dem.energy(torch.as_tensor(x)).numpy()
+    from molsample.analysis.stats import wasserstein_1d
+    assert np.isclose(m["dem_convention"]["energy_w1"], wasserstein_1d(ux, ud))
 
 
 def test_shipped_md_reference_is_consistent():

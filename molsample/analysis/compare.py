@@ -115,6 +115,42 @@ def pair_distances(x: np.ndarray) -> np.ndarray:
     return np.linalg.norm(x[:, i] - x[:, j], axis=-1)
 
 
+def particle_metrics(sample: Ensemble, ref: Ensemble, target, use_weights: bool, n_eq: int = 100) -> dict:
+    """Pair-distance W1/W2, equivariant W2, and for LJ clusters the energy distances in the DEM
+    convention (pair energy counted twice) next to the squared W2 that DEM-family papers report."""
+    from .particles import equivariant_w2
+    ws = _weights(sample.log_w) if use_weights else None
+    wr = _weights(ref.log_w)
+    n_pairs = sample.x.shape[1] * (sample.x.shape[1] - 1) // 2          # each sample's weight on its pairs
+    ds, dr = pair_distances(sample.x).ravel(), pair_distances(ref.x).ravel()
+    wsp = None if ws is None else np.repeat(ws, n_pairs)
+    wrp = None if wr is None else np.repeat(wr, n_pairs)
+    out = {"pair_distance_w1": wasserstein_1d(dr, ds, wrp, wsp, 1),
+           "pair_distance_w2": wasserstein_1d(dr, ds, wrp, wsp, 2),
+           "equivariant_w2": equivariant_w2(ref.x, sample.x, wr, ws, n=n_eq),
+           "equivariant_w2_n": n_eq}
+    ok = np.isfinite(sample.energy)
+    out["energy_w2_squared_kT2"] = wasserstein_1d(ref.energy, sample.energy[ok], wr,
+                                                  None if ws is None else ws[ok], 2) ** 2
+    if getattr(target, "convention", None) == "pairs-once":
+        from ..targets.particles import LennardJones
+        dem = LennardJones(target.n_particles, epsilon=target.epsilon, r_m=target.r_m, tether=target.tether,
+                           tau=target.tau, convention="dem")
+        us, ur = _energy_of(dem, sample.x), _energy_of(dem, ref.x)
+        ok = np.isfinite(us)
+        w = None if ws is None else ws[ok]
+        out["dem_convention"] = {"energy_w1": wasserstein_1d(ur, us[ok], wr, w, 1),
+                                 "energy_w2": wasserstein_1d(ur, us[ok], wr, w, 2),
+                                 "energy_w2_squared": wasserstein_1d(ur, us[ok], wr, w, 2) ** 2}
+    return out
+
+
+def _energy_of(target, x: np.ndarray) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        return target.energy(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+
 def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
     """All metrics of ``sample`` against ``ref`` (raw and, when the sample has weights, reweighted)."""
     variants = {"raw": False} if sample.log_w is None and sample.angle_log_w is None else {"raw": False,
@@ -130,7 +166,12 @@ def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
                    "energy_w": "W1 and W2 (square root taken) of reduced energies u = E / kT",
                    "errors": "bootstrap over samples (independent samples), statistical inefficiency per "
                              "replica (MD), MBAR (umbrella)",
-                   "basins": "phi<0: alpha_R if -120<=psi<50 else C7eq/beta; phi>=0: alpha_L if psi>=0 else C7ax"}}
+                   "basins": "phi<0: alpha_R if -120<=psi<50 else C7eq/beta; phi>=0: alpha_L if psi>=0 else C7ax",
+                   "particles": "pair_distance_w*: 1D W of all interparticle distances; equivariant_w2: exact "
+                                "OT between n resampled members with ground cost min over O(s) and permutations "
+                                "of the summed squared distance (alternating Kabsch/Hungarian, an upper "
+                                "estimate); energy_w2_squared: W2^2 as DEM-family papers report (POT emd2_1d); "
+                                "dem_convention: energies with every LJ pair counted twice"}}
     if sample.log_w is not None:
         metrics["sample"]["ess"] = kish_ess(sample.log_w, n_boot=100).as_dict()   # -inf = zero weight
     if sample.folded_fraction is not None:
@@ -151,10 +192,7 @@ def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
                                           "z": diff / comb if comb > 0 else math.nan}
         if sample.x is not None and ref.x is not None and target.n_particles and not peptide and \
                 getattr(target, "topology", None) is None:
-            ws = _weights(sample.log_w) if use_w else None
-            n_pairs = sample.x.shape[1] * (sample.x.shape[1] - 1) // 2     # each sample's weight on its pairs
-            m["pair_distance_w1"] = wasserstein_1d(pair_distances(ref.x).ravel(), pair_distances(sample.x).ravel(),
-                                                   None, None if ws is None else np.repeat(ws, n_pairs), 1)
+            m.update(particle_metrics(sample, ref, target, use_w))
         metrics[name] = m
     return metrics
 
