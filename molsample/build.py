@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import ExperimentConfig
-from .flow import CosineSchedule, DirectVelocity, DriftVelocity, Prior, Space
+from .flow import CosineSchedule, DirectVelocity, DriftVelocity, HarmonicPrior, Prior, Space
 from .nn import LangevinDrift, MLPCore
 from .nn.equivariant import EquivariantCore, molecule_types
 from .targets import Target, load_target
@@ -65,11 +65,21 @@ def build_model(cfg: ExperimentConfig, target: Target, space: Space, prior: Prio
         return LangevinDrift(core, target, prior, schedule, m.langevin_clip, m.n_freq, n_base)
 
 
+def build_prior(cfg: ExperimentConfig, target: Target, space: Space, s0: float) -> Prior:
+    if cfg.prior.kind == "isotropic":
+        return Prior(space, s0)
+    topology = getattr(target, "topology", None)
+    if topology is None:
+        raise ValueError(f"prior kind 'harmonic' needs a molecule with bonds; {target.name!r} has no topology")
+    bonds = [(a.index, b.index) for a, b in topology.bonds]
+    return HarmonicPrior(space, s0, bonds, cfg.prior.bond_scale)
+
+
 def build(cfg: ExperimentConfig, device: str | torch.device = "cpu") -> Experiment:
     target = load_target(cfg.target)
     space = Space(target.event_shape, target.com_free)
     schedule = CosineSchedule(**vars(cfg.schedule))
-    prior = Prior(space, schedule.s0)
+    prior = build_prior(cfg, target, space, schedule.s0)
     dtype = getattr(torch, cfg.dtype)
     device = torch.device(device)
     model = build_model(cfg, target, space, prior, schedule).to(dtype=dtype, device=device)

@@ -104,6 +104,14 @@ class ScheduleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PriorConfig:
+    """The prior p0: ``isotropic`` N(0, s0^2 I), or ``harmonic`` (molecules: bonded atoms about
+    ``bond_scale`` apart per coordinate, see flow.HarmonicPrior); s0 is the schedule's."""
+    kind: typing.Literal["isotropic", "harmonic"] = "isotropic"
+    bond_scale: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and losses (see METHOD: diffusion + self-consistency + volume + Jacobian)."""
     n_base: int = 32
@@ -139,12 +147,22 @@ class DataConfig:
     (w: the file's per-frame Boltzmann weights; 1 reproduces the reference distribution, smaller
     values flatten it so that the proposal covers rare states; exact weights correct for it).
     ``mirror``: reflect half of the frames (valid for mirror-symmetric force fields, see TARGETS).
+    ``kl_weight`` > 0 adds the reverse KL of the one-step map to the target, with the exact
+    log-determinant (energy-based fine-tuning, from iteration ``kl_start``, on ``kl_batch`` samples);
+    energies above ``energy_cap`` (kT) enter as cap + log(1 + u - cap), as Boltzmann-generator
+    training does, so clashes do not dominate the gradient. ``init_checkpoint``: start from the EMA
+    weights of an earlier run (e.g. the flow-matching stage).
     """
     path: str
     weight_power: float = 1.0
     mirror: bool = True
     ot_coupling: bool = True
     fm_weight: float = 1.0
+    kl_weight: float = 0.0
+    kl_batch: int = 32
+    kl_start: int = 0
+    energy_cap: float = 1000.0
+    init_checkpoint: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +173,7 @@ class ExperimentConfig:
     dtype: typing.Literal["float32", "float64"] = "float32"
     model: ModelConfig = ModelConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    prior: PriorConfig = PriorConfig()
     train: TrainConfig = TrainConfig()
     data: DataConfig | None = None
     description: str = ""

@@ -102,6 +102,58 @@ class Prior:
         return -x / self.s0**2
 
 
+class HarmonicPrior(Prior):
+    """p0(x) proportional to exp(-0.5 x^T (L / b^2 + I / s0^2) x) on the zero-centroid subspace,
+    with L the Laplacian of the molecule's bond graph (a "harmonic prior": bonded atoms start about
+    b apart, the chain as a whole about s0 wide). E(3)-invariant; with no bonds it is the
+    isotropic prior.
+
+    Parameters
+    ----------
+    space : Space with event_shape (N, s), centre-of-mass free
+    s0 : float
+        Overall scale (length unit of the target).
+    bonds : sequence of (i, j)
+    bond_scale : float
+        b, the standard deviation of a bond vector per coordinate.
+    """
+
+    def __init__(self, space: Space, s0: float, bonds, bond_scale: float):
+        super().__init__(space, s0)
+        if not space.com_free:
+            raise ValueError("a harmonic prior needs a centre-of-mass-free particle space")
+        n = space.event_shape[0]
+        lap = torch.zeros(n, n, dtype=torch.float64)
+        for i, j in bonds:
+            lap[i, i] += 1
+            lap[j, j] += 1
+            lap[i, j] -= 1
+            lap[j, i] -= 1
+        self.bond_scale = float(bond_scale)
+        prec = lap / self.bond_scale**2 + torch.eye(n, dtype=torch.float64) / self.s0**2
+        ones = torch.ones(n, 1, dtype=torch.float64)
+        qn, _ = torch.linalg.qr(torch.cat([ones, torch.eye(n, dtype=torch.float64)[:, : n - 1]], dim=1))
+        qn = qn[:, 1:]                                 # (n, n - 1), orthogonal to the centroid direction
+        evals, v = torch.linalg.eigh(qn.T @ prec @ qn)
+        self.precision = prec                          # (n, n), commutes with centring
+        self.evals, self.evecs = evals, qn @ v         # (n - 1,), (n, n - 1)
+        self.log_norm = 0.5 * space.event_shape[1] * (torch.log(self.evals).sum().item()
+                                                       - (n - 1) * math.log(2 * math.pi))
+
+    def sample(self, n: int, generator=None, dtype=torch.float64, device=None) -> torch.Tensor:
+        k, s = self.evals.shape[0], self.space.event_shape[1]
+        z = torch.randn((n, k, s), generator=generator, dtype=torch.float64)
+        x = torch.einsum("ik,bks->bis", self.evecs / torch.sqrt(self.evals), z)
+        return x.to(dtype=dtype, device=device if device is not None else "cpu")
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.precision.to(x.dtype).to(x.device)
+        return -0.5 * torch.einsum("bis,ij,bjs->b", x, p, x) + self.log_norm
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return -torch.einsum("ij,bjs->bis", self.precision.to(x.dtype).to(x.device), x)
+
+
 def _bt(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Broadcast a (B,) tensor against x : (B, ...)."""
     return v.reshape(-1, *([1] * (x.dim() - 1)))

@@ -187,7 +187,7 @@ class Trainer:
                 if it % self.cfg.checkpoint_every == 0 or it == total:
                     self.save()
                     log.flush()
-                bar.set_postfix(loss=f"{logs['loss']:.3g}", **{k: f"{logs[k]:.3f}" for k in ("path_ess", "fm") if k in logs},
+                bar.set_postfix(loss=f"{logs['loss']:.3g}", **{k: f"{logs[k]:.3f}" for k in ("path_ess", "fm", "kl_ess") if k in logs},
                                 **{k: f"{v:.3g}" for k, v in last.items()}, skipped=self.state.nonfinite_total)
                 bar.update(1)
         finally:
@@ -208,6 +208,11 @@ class DataTrainer(Trainer):
         dc = exp.config.data
         x, lw = load_frames(dc.path, exp.target)
         self.frames = FrameSampler(x, lw, exp.space, dc.weight_power, dc.mirror, exp.dtype, exp.device)
+        if dc.init_checkpoint:
+            from .data import resolve_path
+            state = torch.load(resolve_path(dc.init_checkpoint), map_location=exp.device, weights_only=False)
+            exp.model.load_state_dict(state["ema"])
+            self.ema.load_state_dict(state["ema"])
 
     def losses(self) -> tuple[torch.Tensor, dict]:
         exp, cfg, gen, dc = self.exp, self.cfg, self.gen, self.exp.config.data
@@ -225,6 +230,12 @@ class DataTrainer(Trainer):
             ts, d = ts.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
             x = losses.interpolate(x0[:m], x1[:m], ts)
             total = total + self.consistency_losses(x, ts, d, exp.model, logs)
+        if dc.kl_weight > 0 and self.state.iteration >= dc.kl_start:
+            z0 = exp.prior.sample(dc.kl_batch, gen, dtype=exp.dtype).to(exp.device)
+            l_kl, lw = losses.one_step_reverse_kl(exp.model, exp.prior, exp.target, z0, dc.energy_cap)
+            total = total + dc.kl_weight * l_kl
+            logs["kl"] = l_kl.item()
+            logs["kl_ess"] = float(ess_estimate(lw.double().cpu().numpy(), n_boot=0).value)
         logs["loss"] = total.item()
         return total, logs
 

@@ -105,3 +105,30 @@ def test_quickstart_pipeline_on_a_tiny_checkpoint(tmp_path, capsys):
 def test_quickstart_rejects_a_missing_checkpoint(tmp_path, capsys):
     assert main(["quickstart", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 2
     assert "configs/aldp-data.yaml" in capsys.readouterr().err
+
+
+def test_one_step_reverse_kl_uses_the_exact_weights_of_the_sampler():
+    from molsample.build import build
+    from molsample.config import ExperimentConfig
+    from molsample.sampler import integrate
+    exp = build(ExperimentConfig.load(TINY))
+    exp = type(exp)(**{**vars(exp), "model": exp.model.double(), "dtype": torch.float64})
+    for p in exp.model.out.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x0 = exp.prior.sample(6, torch.Generator().manual_seed(0), dtype=torch.float64)
+    loss, log_w = losses.one_step_reverse_kl(exp.model, exp.prior, exp.target, x0, cap=1e9)
+    x, log_q, bad, _ = integrate(exp.velocity(), exp.prior, x0, 1, "exact")
+    u = exp.target.energy(x)
+    assert not bad.any()
+    assert torch.allclose(log_w, -u - log_q, rtol=1e-9, atol=1e-7)
+    assert torch.isclose(loss, (u + log_q).mean(), rtol=1e-9)
+    loss.backward()
+    grads = [p.grad for p in exp.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_regularised_energy_caps_smoothly():
+    u = torch.tensor([-5.0, 10.0, 1e3, 1e8], dtype=torch.float64)
+    r = losses.regularised_energy(u, 100.0)
+    assert torch.equal(r[:2], u[:2]) and torch.isclose(r[2], 100 + torch.log1p(torch.tensor(900.0, dtype=torch.float64)))
+    assert r[3] < 120

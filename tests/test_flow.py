@@ -212,3 +212,31 @@ def test_inverting_the_k_step_map_recovers_log_q():
         assert not bad.any() and float(lip.max()) < 1.0
         log_q_inv, res = log_q_of(v, prior, y, steps, tol=1e-13, max_iter=2000)
         assert res.max() < 1e-12 and (log_q_inv - log_q).abs().max() < 1e-6
+
+
+def test_harmonic_prior_density_samples_and_score():
+    from molsample.flow import HarmonicPrior
+    space = Space((5, 3), com_free=True)
+    bonds = [(0, 1), (1, 2), (2, 3), (1, 4)]
+    prior = HarmonicPrior(space, 2.0, bonds, 0.3)
+    g = torch.Generator().manual_seed(0)
+    x = prior.sample(40000, g)
+    assert x.mean(1).abs().max() < 1e-12                               # zero centroid
+    # sample covariance on the subspace equals the inverse precision there
+    q = space.basis()
+    cov = torch.cov((x.reshape(len(x), -1) @ q).T)
+    expected = torch.linalg.inv(q.T @ torch.kron(prior.precision, torch.eye(3, dtype=torch.float64)) @ q)
+    assert (cov - expected).abs().max() < 0.03 * expected.abs().max()
+    # log_prob is a normalised Gaussian density on the subspace: compare with torch's MVN there
+    mvn = torch.distributions.MultivariateNormal(torch.zeros(q.shape[1], dtype=torch.float64), expected)
+    y = x[:5]
+    assert torch.allclose(prior.log_prob(y), mvn.log_prob(y.reshape(5, -1) @ q), atol=1e-9)
+    # score = autograd gradient of log_prob; rotations leave the density unchanged
+    yg = y.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(prior.log_prob(yg).sum(), yg)
+    assert torch.allclose(space.project(grad), prior.score(y), atol=1e-10)
+    rot = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))[0]
+    assert torch.allclose(prior.log_prob(y @ rot.T), prior.log_prob(y), atol=1e-10)
+    # without bonds it is the isotropic prior
+    iso = HarmonicPrior(space, 2.0, [], 0.3)
+    assert torch.allclose(iso.log_prob(y), Prior(space, 2.0).log_prob(y), atol=1e-10)

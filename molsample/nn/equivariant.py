@@ -109,9 +109,9 @@ class EquivariantCore(nn.Module):
         v = torch.einsum("bij,bijs->bis", phi, rel)
         return v - v.mean(dim=1, keepdim=True)
 
-    @torch.no_grad()
     def forward_and_jvp(self, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, xdot: torch.Tensor):
-        """Output and its directional derivatives along T tangents at once (forward mode, no autograd).
+        """Output and its directional derivatives along T tangents at once, by hand-written forward
+        mode; differentiable in the parameters when grad is enabled (reverse KL with exact log-det).
 
         x : (B, N, s); xdot : (T, B, N, s) -> (v (B, N, s), vdot (T, B, N, s)).
         The edge tangents are never formed: each layer's aggregated tangent is a sum of batched
