@@ -227,6 +227,15 @@ def _cmd_mcmc(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .train import export_model, load_checkpoint
+
+    out = export_model(args.checkpoint, args.out)
+    load_checkpoint(out)                                          # it must rebuild on its own
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from .quickstart import run_quickstart
 
@@ -359,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_mcmc)
+
+    p = sub.add_parser("export-model", help="a sampling-only copy of a checkpoint (EMA weights and config)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("quickstart", help="alanine dipeptide in one step: sample, exact weights, compare with MD")
     p.add_argument("--checkpoint", help="one-step checkpoint (default: the shipped alanine dipeptide model)")

@@ -50,6 +50,17 @@ def load_checkpoint(path: str | Path, device="cpu") -> tuple[Experiment, dict]:
     return exp, ckpt
 
 
+def export_model(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a sampling-only copy of a checkpoint (config, EMA weights, training state; no
+    optimiser or student weights), atomically. ``load_checkpoint`` reads it like the original."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"config": ckpt["config"], "ema": ckpt["ema"], "state": ckpt["state"],
+                 "exported_from": str(checkpoint)}, out)
+    return out
+
+
 class Trainer:
     def __init__(self, exp: Experiment, out_dir: Path, progress: bool = True):
         self.exp, self.out, self.progress = exp, Path(out_dir), progress

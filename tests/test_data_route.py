@@ -91,7 +91,9 @@ def test_cli_data_route_train_sample_compare(tmp_path, capsys):
 def test_quickstart_pipeline_on_a_tiny_checkpoint(tmp_path, capsys):
     assert main(["train", str(TINY), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     out = tmp_path / "qs"
-    assert main(["quickstart", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(out),
+    assert main(["export-model", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(tmp_path / "m.pt")]) == 0
+    assert (tmp_path / "m.pt").stat().st_size < (tmp_path / "run" / "checkpoint.pt").stat().st_size
+    assert main(["quickstart", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(out),
                  "--n", "600", "--min-weights", "300", "--budget-seconds", "0", "--quiet"]) == 0
     meta = json.loads((out / "quickstart.json").read_text())
     assert meta["n_drawn"] == 600 and meta["n"] == 512            # the minimum, rounded up to whole batches
