@@ -55,7 +55,10 @@ def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str 
                 if schedule is not None:
                     tt, dd = as_times(t, x), as_times(d, x)
                     r = lipschitz_ratio(vol.jacobian.detach(), schedule.sigma(tt), schedule.beta(tt), dd)
-                    lip = torch.fmax(lip, r)
+                else:                  # Phi = x + d b: a bijection when d Lip(b) < 1; measured locally
+                    eye = torch.eye(vol.jacobian.shape[-1], dtype=x.dtype, device=x.device)
+                    r = torch.linalg.matrix_norm(vol.jacobian.detach() - eye, ord=2)
+                lip = torch.fmax(lip, r)
         with torch.no_grad():
             x = pf_step(velocity, x, t, d, **kw)
     return x.detach(), log_q, bad, lip
@@ -79,7 +82,9 @@ def sample(velocity, prior: Prior, target, n: int, steps: int, method: str = "ex
     lip_max = float(lip_all[~torch.isnan(lip_all)].max()) if (~torch.isnan(lip_all)).any() else float("nan")
     return Samples(x=x, log_q=log_q, log_w=log_prob - log_q, log_prob=log_prob, steps=steps, method=method,
                    n_nonpositive_det=int(torch.cat(bad).sum()), lipschitz_max=lip_max,
-                   seconds=time.perf_counter() - t0)
+                   seconds=time.perf_counter() - t0,
+                   info={"fraction_lipschitz_below_1": float((lip_all < 1).double().mean())
+                         if (~torch.isnan(lip_all)).any() else float("nan")})
 
 
 def invert_step(velocity, y: torch.Tensor, t, d, max_iter: int = 200, tol: float = 1e-6):
