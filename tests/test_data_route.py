@@ -134,3 +134,15 @@ def test_regularised_energy_caps_smoothly():
     r = losses.regularised_energy(u, 100.0)
     assert torch.equal(r[:2], u[:2]) and torch.isclose(r[2], 100 + torch.log1p(torch.tensor(900.0, dtype=torch.float64)))
     assert r[3] < 120
+
+
+def test_shipped_quickstart_model_loads_and_is_small():
+    from molsample.quickstart import DEFAULT_CHECKPOINT
+    from molsample.train import load_checkpoint
+    assert DEFAULT_CHECKPOINT.is_file() and DEFAULT_CHECKPOINT.stat().st_size < 5e6
+    exp, ckpt = load_checkpoint(DEFAULT_CHECKPOINT)
+    assert exp.target.name == "aldp" and exp.route == "data" and ckpt["state"]["iteration"] > 0
+    x = exp.prior.sample(4, torch.Generator().manual_seed(0), dtype=exp.dtype)
+    with torch.no_grad():
+        y = x + exp.velocity()(x, 0.0, 1.0)
+    assert y.shape == (4, 22, 3) and torch.isfinite(y).all() and y.mean(1).abs().max() < 1e-5
