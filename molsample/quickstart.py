@@ -32,7 +32,7 @@ class QuickstartResult:
     n_nonpositive_det: int
 
 
-def draw_one_step(exp, n: int, generator: torch.Generator, batch: int = 512):
+def draw_one_step(exp, n: int, generator: torch.Generator, batch: int = 128):
     """n prior samples x0 and their one-step images x = Phi(x0; 0, 1), (n, N, 3) each."""
     velocity = exp.velocity()
     x0s, xs = [], []
