@@ -79,10 +79,7 @@ class FrameSampler:
     def sample(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         idx = torch.multinomial(self.prob, n, replacement=True, generator=generator)
         x = self.x[idx.to(self.x.device)]
-        if self.mirror:
+        if self.mirror:                                   # reflect x -> -x in the first coordinate
             flip = torch.rand(n, generator=generator) < 0.5
-            sign = torch.ones(n, *([1] * (x.dim() - 1)), dtype=x.dtype)
-            sign[flip] = -1
-            x = x.clone()
-            x[..., 0] = x[..., 0] * sign.to(x.device)[..., 0]
+            x[flip.to(x.device), ..., 0] *= -1                # x is a fresh copy (advanced indexing)
         return x

@@ -75,15 +75,19 @@ class Space:
         sq = diff.reshape(diff.shape[0], -1).pow(2).sum(1)
         return -0.5 * sq / var - 0.5 * self.dof * torch.log(2 * math.pi * var)
 
+    def particle_basis(self) -> torch.Tensor:
+        """Orthonormal basis of the particle vectors orthogonal to (1, ..., 1), float64 (N, N - 1)."""
+        n = self.event_shape[0]
+        ones = torch.ones(n, 1, dtype=torch.float64)
+        q, _ = torch.linalg.qr(torch.cat([ones, torch.eye(n, dtype=torch.float64)[:, : n - 1]], dim=1))
+        return q[:, 1:].contiguous()
+
     def basis(self, dtype=torch.float64, device=None) -> torch.Tensor:
         """Orthonormal basis Q of the space in flattened coordinates, shape (dim, dof)."""
         if not self.com_free:
             return torch.eye(self.dim, dtype=dtype, device=device)
-        n, s = self.event_shape
-        ones = torch.ones(n, 1, dtype=torch.float64)
-        q, _ = torch.linalg.qr(torch.cat([ones, torch.eye(n, dtype=torch.float64)[:, : n - 1]], dim=1))
-        qn = q[:, 1:].contiguous()                              # (n, n-1), orthogonal to ones
-        return torch.kron(qn, torch.eye(s, dtype=torch.float64)).to(dtype=dtype, device=device)
+        s = self.event_shape[1]
+        return torch.kron(self.particle_basis(), torch.eye(s, dtype=torch.float64)).to(dtype=dtype, device=device)
 
 
 class Prior:
@@ -131,9 +135,7 @@ class HarmonicPrior(Prior):
             lap[j, i] -= 1
         self.bond_scale = float(bond_scale)
         prec = lap / self.bond_scale**2 + torch.eye(n, dtype=torch.float64) / self.s0**2
-        ones = torch.ones(n, 1, dtype=torch.float64)
-        qn, _ = torch.linalg.qr(torch.cat([ones, torch.eye(n, dtype=torch.float64)[:, : n - 1]], dim=1))
-        qn = qn[:, 1:]                                 # (n, n - 1), orthogonal to the centroid direction
+        qn = space.particle_basis()                    # (n, n - 1), orthogonal to the centroid direction
         evals, v = torch.linalg.eigh(qn.T @ prec @ qn)
         self.precision = prec                          # (n, n), commutes with centring
         self.evals, self.evecs = evals, qn @ v         # (n - 1,), (n, n - 1)

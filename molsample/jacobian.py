@@ -95,6 +95,13 @@ def step_log_volume(velocity, x: torch.Tensor, t, d, space: Space, method: str =
     return StepVolume(dd * est / n_probes)
 
 
+def direct_step_ratio(step_jacobian: torch.Tensor) -> torch.Tensor:
+    """Measured bijectivity ratio ||I + d Q^T J_b Q - I||_2 = d ||Q^T J_b Q||_2 per sample of a
+    step Phi = x + d b(x): Phi is a bijection when d Lip(b) < 1 (a local, lower estimate)."""
+    eye = torch.eye(step_jacobian.shape[-1], dtype=step_jacobian.dtype, device=step_jacobian.device)
+    return torch.linalg.matrix_norm(step_jacobian - eye, ord=2)
+
+
 def lipschitz_ratio(step_jacobian: torch.Tensor, sigma: torch.Tensor, beta: torch.Tensor,
                     d: torch.Tensor) -> torch.Tensor:
     """Measured bijectivity ratio ||(d sigma / 2) du/dx||_2 / (1 + d beta / 2) per sample.

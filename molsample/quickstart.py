@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .flow import pf_step
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "systems" / "aldp" / "models" / "aldp-onestep.pt"
 MD_REFERENCE = ROOT / "systems" / "aldp" / "reference" / "aldp_md_2x50ns.npz"
@@ -39,7 +41,6 @@ def draw_one_step(exp, n: int, generator: torch.Generator, batch: int = 128):
     with torch.no_grad():
         for start in range(0, n, batch):
             x0 = exp.prior.sample(min(batch, n - start), generator, dtype=exp.dtype).to(exp.device)
-            from .flow import pf_step
             xs.append(pf_step(velocity, x0, 0.0, 1.0))
             x0s.append(x0)
     return torch.cat(x0s), torch.cat(xs)
@@ -52,7 +53,7 @@ def exact_weights(exp, x0: torch.Tensor, x: torch.Tensor, deadline: float, min_w
     log_w, log_prob, n_nonpositive_det, bijectivity ratio ||J_step - I||_2 per sample)."""
     from tqdm import tqdm
 
-    from .jacobian import step_log_volume
+    from .jacobian import direct_step_ratio, step_log_volume
     velocity, space = exp.velocity(), exp.space
     lq, lp, bad, ratio = [], [], 0, []
     bar = tqdm(total=len(x0), disable=not progress, desc="exact weights", unit="sample", dynamic_ncols=True)
@@ -61,8 +62,7 @@ def exact_weights(exp, x0: torch.Tensor, x: torch.Tensor, deadline: float, min_w
         sl = slice(done, min(done + batch, len(x0)))
         vol = step_log_volume(velocity, x0[sl], 0.0, 1.0, space, "exact")
         bad += int((vol.sign <= 0).sum())
-        eye = torch.eye(space.dof, dtype=x0.dtype, device=x0.device)
-        ratio.append(torch.linalg.matrix_norm(vol.jacobian - eye, ord=2))    # bijective if < 1 everywhere
+        ratio.append(direct_step_ratio(vol.jacobian))                        # bijective if < 1 everywhere
         lq.append(exp.prior.log_prob(x0[sl]) - vol.log_det)
         with torch.no_grad():
             lp.append(-exp.target.energy(x[sl]))

@@ -89,7 +89,7 @@ def load_ensemble(paths: list[str | Path], target, label: str | None = None) -> 
                 raise ValueError(f"{first}: positions of shape {x.shape[1:]}, but {target.name} has "
                                  f"{tuple(target.event_shape)}")
             log_w = data.get("log_w")
-            return _finish(Ensemble(label, "sampler" if log_w is not None else "samples", x, _energy(target, x),
+            return _finish(Ensemble(label, "sampler" if log_w is not None else "samples", x, reduced_energies(target, x),
                                     log_w=log_w), target, topology)
         raise ValueError(f"{first}: expected 'x' (molsample sample), 'xyz' or an umbrella reference")
     xs, segments = [], []
@@ -98,10 +98,11 @@ def load_ensemble(paths: list[str | Path], target, label: str | None = None) -> 
         xs.append(x)
         segments.append(len(x))
     x = np.concatenate(xs)
-    return _finish(Ensemble(label, "md", x, _energy(target, x), segments=segments), target, topology)
+    return _finish(Ensemble(label, "md", x, reduced_energies(target, x), segments=segments), target, topology)
 
 
-def _energy(target, x):
+def reduced_energies(target, x) -> np.ndarray:
+    """Reduced energies (M,) of positions x (M, *event_shape), float64, in chunks of 8192."""
     import torch
     with torch.no_grad():
         return np.concatenate([target.energy(torch.as_tensor(c, dtype=torch.float64)).numpy()
@@ -123,7 +124,7 @@ def _umbrella(path: Path, d: dict, target, label: str) -> Ensemble:
     x = d["frames_xyz"].astype(np.float64)
     if x.shape[1:] != tuple(target.event_shape):
         raise ValueError(f"{path}: frames of shape {x.shape[1:]}, but {target.name} has {tuple(target.event_shape)}")
-    return Ensemble(label, "umbrella", x, _energy(target, x), log_w=d["frames_log_w"], phi=d["phi"].astype(float),
+    return Ensemble(label, "umbrella", x, reduced_energies(target, x), log_w=d["frames_log_w"], phi=d["phi"].astype(float),
                     psi=d["psi"].astype(float), angle_log_w=d["log_w"], external=external)
 
 
