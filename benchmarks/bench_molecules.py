@@ -60,7 +60,8 @@ def main() -> None:
         ens = load_ensemble([f], exp.target, f"K={k}")
         m = compare(ens, ref, exp.target)
         m.update(steps=k, cpu_seconds=cpu, wall_seconds=wall, n_nonpositive_det=s.n_nonpositive_det,
-                 lipschitz_max=s.lipschitz_max, fraction_lipschitz_below_1=s.info["fraction_lipschitz_below_1"])
+                 lipschitz_max=s.lipschitz_max, fraction_lipschitz_below_1=s.info["fraction_lipschitz_below_1"],
+                 fraction_monotone=s.info["fraction_monotone"])
         ess = m["sample"]["ess"]["value"]
         m["effective_samples_per_cpu_second"] = ess * args.n / cpu
         (out / f"K{k}_metrics.json").write_text(json.dumps(m, indent=2, default=float))
@@ -78,6 +79,7 @@ def row(m: dict) -> str:
     k, ess = m["steps"], m["sample"]["ess"]
     head = (f"K={k}: ESS {ess['value']:.4f} +- {ess['stderr']:.4f}, det<=0 {m['n_nonpositive_det']}, "
             f"bijectivity ratio < 1 at {100 * m['fraction_lipschitz_below_1']:.1f} % (max {m['lipschitz_max']:.2f}), "
+            f"monotone at {100 * m['fraction_monotone']:.1f} %, "
             f"{m['cpu_seconds']:.0f} CPU-s, {m['effective_samples_per_cpu_second']:.3g} eff. samples/CPU-s")
     parts = [head]
     for v in ("raw", "reweighted"):

@@ -42,9 +42,9 @@ def main() -> None:
     ref = target.sample_reference(args.reference, torch.Generator().manual_seed(args.seed + 1))
     print(f"# {target.name}: {args.checkpoint}, trained {ckpt['state']['iteration']} iterations, "
           f"{ckpt['state']['cpu_seconds'] / 60:.1f} CPU-min | {platform.node()} | {time.strftime('%Y-%m-%d')}")
-    print("| K | abs dlogZ (exact) | abs dlogZ (paper) | ESS (exact) | det<=0 | bijectivity ratio | "
+    print("| K | abs dlogZ (exact) | abs dlogZ (paper) | ESS (exact) | det<=0 | bijectivity ratio | monotone | "
           "energy distance | EUBO - log Z (unconverged inversions) | sampling s (exact) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     k = 1
     while k <= n_base:
         row = {}
@@ -70,7 +70,7 @@ def main() -> None:
                 eu = f"- (all {len(ok)} unconverged)"
         print(f"| {k} | {abs(lz_e.value - true):.3f} +- {lz_e.stderr:.3f} | {abs(lz_p.value - true):.3f} +- "
               f"{lz_p.stderr:.3f} | {ess(s_e.log_w.double().numpy(), n_boot=0).value:.4f} | "
-              f"{s_e.n_nonpositive_det} | {s_e.lipschitz_max:.3f} | {dist:.4f} | {eu} | {s_e.seconds:.1f} |")
+              f"{s_e.n_nonpositive_det} | {s_e.lipschitz_max:.3f} | {100 * s_e.info['fraction_monotone']:.1f} % | {dist:.4f} | {eu} | {s_e.seconds:.1f} |")
         k *= 2
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
@@ -80,7 +80,7 @@ def main() -> None:
     lz = log_z(lw, rng=np.random.default_rng(0))
     dist = energy_distance(path.states[-1], ref, generator=torch.Generator().manual_seed(0))
     print(f"| {n_base}-step SDE (path weights) | {abs(lz.value - true):.3f} +- {lz.stderr:.3f} | - | "
-          f"{ess(lw, n_boot=0).value:.4f} | - | - | {dist:.4f} | - | - |")
+          f"{ess(lw, n_boot=0).value:.4f} | - | - | - | {dist:.4f} | - | - |")
     x_ref = target.sample_reference(args.reference, torch.Generator().manual_seed(args.seed + 2))
     floor = energy_distance(x_ref, ref, generator=torch.Generator().manual_seed(0))
     print(f"\nenergy distance between two independent exact sample sets (the floor): {floor:.4f}")

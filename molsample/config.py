@@ -113,7 +113,15 @@ class PriorConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and losses (see METHOD: diffusion + self-consistency + volume + Jacobian)."""
+    """Optimisation and losses (see METHOD: diffusion + self-consistency + volume + Jacobian).
+
+    ``bij_weight`` > 0 enforces bijectivity of the big steps the self-consistency loss samples
+    (exact weights are valid only for a bijective map) by a squared hinge on a per-sample estimate:
+    ``bij_form: lipschitz``: the ratio ||J_r||_2 / c of Phi = c x + r(x) must stay below
+    ``bij_bound`` (METHOD's bound; forbids strong stretching); ``monotone``: the smallest eigenvalue of
+    the symmetric part of the step Jacobian, over c, must stay above ``bij_bound`` (a monotone map is
+    injective with any amount of stretching). ``bij_iterations``: power iterations per estimate.
+    """
     n_base: int = 32
     batch: int = 256
     iterations: int = 1000
@@ -130,6 +138,10 @@ class TrainConfig:
     vol_weight: float = 0.25
     vol_form: typing.Literal["paper", "exact", "trace"] = "paper"
     jac_weight: float = 1e-4
+    bij_weight: float = 0.0
+    bij_form: typing.Literal["lipschitz", "monotone"] = "lipschitz"
+    bij_bound: float = 0.9
+    bij_iterations: int = 3
     checkpoint_every: int = 100
     eval_every: int = 100
     eval_samples: int = 1024

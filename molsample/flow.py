@@ -178,6 +178,10 @@ class DriftVelocity:
         u = self.drift(x, t, d, **kw)
         return 0.5 * _bt(self.schedule.sigma(t), x) * u + 0.5 * _bt(self.schedule.beta(t), x) * x
 
+    def linear_rate(self, t: torch.Tensor) -> torch.Tensor:
+        """a(t) in b = a(t) x + (the rest): 0.5 beta(t). A step is then (1 + d a) x + d (b - a x)."""
+        return 0.5 * self.schedule.beta(t)
+
 
 class DirectVelocity:
     """b(x, t, d) = net(x, t, d): the velocity of a flow learned on data (linear interpolant
@@ -188,6 +192,10 @@ class DirectVelocity:
 
     def __call__(self, x, t, d, **kw):
         return self.net(x, as_times(t, x), as_times(d, x))
+
+    def linear_rate(self, t: torch.Tensor) -> torch.Tensor:
+        """No linear part: a(t) = 0."""
+        return torch.zeros_like(t)
 
     def jacobian(self, x, t, d, basis):
         """Q^T (db/dx) Q (B, dof, dof) by the network's own forward-mode Jacobian, or None when

@@ -102,6 +102,13 @@ def direct_step_ratio(step_jacobian: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(step_jacobian - eye, ord=2)
 
 
+def monotonicity(step_jacobian: torch.Tensor) -> torch.Tensor:
+    """Smallest eigenvalue of the symmetric part of a step's Jacobian on the space, per sample.
+    Positive at every point (uniformly) means the step is strongly monotone, hence injective, with
+    any amount of stretching allowed; the measured local version of that sufficient condition."""
+    return torch.linalg.eigvalsh(0.5 * (step_jacobian + step_jacobian.transpose(-1, -2)))[..., 0]
+
+
 def lipschitz_ratio(step_jacobian: torch.Tensor, sigma: torch.Tensor, beta: torch.Tensor,
                     d: torch.Tensor) -> torch.Tensor:
     """Measured bijectivity ratio ||(d sigma / 2) du/dx||_2 / (1 + d beta / 2) per sample.

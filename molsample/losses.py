@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .flow import CosineSchedule, Prior, _bt, em_mean, pf_step, reference_backward_mean
+from .flow import CosineSchedule, Prior, _bt, as_times, em_mean, pf_step, reference_backward_mean
 from .jacobian import rademacher, step_log_volume
 
 
@@ -119,6 +119,98 @@ def jacobian_penalty(drift, x: torch.Tensor, t, d, space, generator: torch.Gener
         v = rademacher(space, xg, generator)
         (jtv,) = torch.autograd.grad(u, xg, v, create_graph=True)
     return jtv.reshape(x.shape[0], -1).pow(2).sum(1).mean()
+
+
+def _residual_step(velocity, x, t, d):
+    """(r, c) with Phi(x) = c x + r(x): c = 1 + d a(t), r = d (b - a x), a the velocity's linear rate
+    (0.5 beta for the energy route, 0 for the data route)."""
+    tt, dd = as_times(t, x), as_times(d, x)
+    a = velocity.linear_rate(tt)
+
+    def residual(z):
+        return _bt(dd, z) * (velocity(z, tt, dd) - _bt(a, z) * z)
+    return residual, 1 + dd * a
+
+
+def _unit(v):
+    return v / v.reshape(v.shape[0], -1).norm(dim=1).clamp_min(1e-12).reshape(-1, *[1] * (v.dim() - 1))
+
+
+def _jvp_fd(residual, x, v, h):
+    """J_r v by central differences (differentiable in the network's parameters)."""
+    return (residual(x + h * v) - residual(x - h * v)) / (2 * h)
+
+
+def _vjp(residual, x, w):
+    """J_r^T w by autograd, no graph kept."""
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(residual(xg), xg, w)
+    return g.detach()
+
+
+def step_lipschitz(velocity, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, space,
+                   generator: torch.Generator | None, iterations: int = 3, h: float = 1e-3) -> torch.Tensor:
+    """Differentiable estimate of each sample's Lipschitz ratio of Phi = c x + r(x): ||J_r||_2 / c
+    (METHOD's bound, target-score Hessian included). Phi is a bijection when it is below 1.
+
+    The top right-singular vector is found by ``iterations`` power steps (J v by central
+    differences, J^T w by autograd, no graph kept); ||J_r v|| is then evaluated by central
+    differences with the graph, so its gradient reaches the network. A lower estimate of the
+    spectral norm that becomes tight as the iteration converges.
+    """
+    residual, c = _residual_step(velocity, x, t, d)
+    x = x.detach()
+    v = _unit(space.project(torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)))
+    for _ in range(iterations):
+        with torch.no_grad():
+            jv = space.project(_jvp_fd(residual, x, v, h))
+        v = _unit(space.project(_vjp(residual, x, jv)))
+    jv = space.project(_jvp_fd(residual, x, v, h))
+    return jv.reshape(x.shape[0], -1).norm(dim=1) / c
+
+
+def step_monotonicity(velocity, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, space,
+                      generator: torch.Generator | None, iterations: int = 6, h: float = 1e-3) -> torch.Tensor:
+    """Differentiable estimate of each sample's smallest eigenvalue of the symmetric part of the
+    step Jacobian, divided by c: lambda_min((J + J^T) / 2) / c with J = c I + J_r on the space.
+
+    If it is positive everywhere (uniformly), Phi is strongly monotone, (Phi(x) - Phi(y)).(x - y) > 0,
+    hence injective, with no limit on expansion (optimal-transport maps, gradients of convex
+    functions, are monotone); a weaker requirement than the Lipschitz ratio below 1 whenever the
+    map must stretch some directions. The direction is found by power iteration on rho I - S_r
+    (S_r the symmetric part of J_r, rho an estimate of its spectral radius); the returned value is
+    the Rayleigh quotient in that direction with the graph (an upper estimate of the minimum).
+    """
+    residual, c = _residual_step(velocity, x, t, d)
+    x = x.detach()
+    n = x.shape[0]
+
+    def sym(v):
+        with torch.no_grad():
+            jv = _jvp_fd(residual, x, v, h)
+        return space.project(0.5 * (jv + _vjp(residual, x, v)))
+
+    def norm(v):
+        return v.reshape(n, -1).norm(dim=1).reshape(-1, *[1] * (v.dim() - 1))
+
+    v = _unit(space.project(torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)))
+    rho = norm(sym(v))
+    for _ in range(2):                                   # spectral radius of S_r from a few power steps
+        w = sym(v)
+        rho = torch.maximum(rho, norm(w))
+        v = _unit(w)
+    rho = 1.5 * rho + 1e-6
+    v = _unit(space.project(torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)))
+    for _ in range(iterations):
+        v = _unit(rho * v - sym(v))
+    quotient = (v * _jvp_fd(residual, x, v, h)).reshape(n, -1).sum(1)
+    return 1 + quotient / c
+
+
+def bijectivity_penalty(ratio: torch.Tensor, bound: float) -> torch.Tensor:
+    """mean(relu(ratio - bound)^2): zero while every sampled step keeps its ratio below ``bound``."""
+    return torch.clamp(ratio - bound, min=0.0).pow(2).mean()
 
 
 def ot_coupling(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:

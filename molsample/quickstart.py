@@ -50,12 +50,13 @@ def exact_weights(exp, x0: torch.Tensor, x: torch.Tensor, deadline: float, min_w
                   progress: bool = True):
     """Exact one-step log q and log w, batch by batch, until ``deadline`` (time.perf_counter) has
     passed and at least ``min_weights`` samples are done (or all are). Returns (n_done, log_q,
-    log_w, log_prob, n_nonpositive_det, bijectivity ratio ||J_step - I||_2 per sample)."""
+    log_w, log_prob, n_nonpositive_det, bijectivity ratio ||J_step - I||_2 per sample, smallest
+    eigenvalue of the symmetric part of J_step per sample)."""
     from tqdm import tqdm
 
-    from .jacobian import direct_step_ratio, step_log_volume
+    from .jacobian import direct_step_ratio, monotonicity, step_log_volume
     velocity, space = exp.velocity(), exp.space
-    lq, lp, bad, ratio = [], [], 0, []
+    lq, lp, bad, ratio, mono = [], [], 0, [], []
     bar = tqdm(total=len(x0), disable=not progress, desc="exact weights", unit="sample", dynamic_ncols=True)
     done = 0
     while done < len(x0) and (done < min_weights or time.perf_counter() < deadline):
@@ -63,6 +64,7 @@ def exact_weights(exp, x0: torch.Tensor, x: torch.Tensor, deadline: float, min_w
         vol = step_log_volume(velocity, x0[sl], 0.0, 1.0, space, "exact")
         bad += int((vol.sign <= 0).sum())
         ratio.append(direct_step_ratio(vol.jacobian))                        # bijective if < 1 everywhere
+        mono.append(monotonicity(vol.jacobian))                              # or if > 0 everywhere
         lq.append(exp.prior.log_prob(x0[sl]) - vol.log_det)
         with torch.no_grad():
             lp.append(-exp.target.energy(x[sl]))
@@ -70,7 +72,7 @@ def exact_weights(exp, x0: torch.Tensor, x: torch.Tensor, deadline: float, min_w
         bar.update(sl.stop - sl.start)
     bar.close()
     log_q, log_prob = torch.cat(lq), torch.cat(lp)
-    return done, log_q, log_prob - log_q, log_prob, bad, torch.cat(ratio)
+    return done, log_q, log_prob - log_q, log_prob, bad, torch.cat(ratio), torch.cat(mono)
 
 
 def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "quickstart_aldp", n: int = 100_000,
@@ -98,12 +100,13 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
     # keep about a quarter of the budget for the comparison and the report
     deadline = t_start + 0.75 * budget_seconds
     t0 = time.perf_counter()
-    m, log_q, log_w, log_prob, bad, ratio = exact_weights(exp, x0, x, deadline, min(min_weights, n), progress=progress)
+    m, log_q, log_w, log_prob, bad, ratio, mono = exact_weights(exp, x0, x, deadline, min(min_weights, n), progress=progress)
     t_weights = time.perf_counter() - t0
     meta = {"system": exp.target.name, "checkpoint": str(checkpoint), "steps": 1, "weights": "exact", "n": m,
             "n_drawn": n, "seed": seed, "seconds_sampling": t_sampling, "seconds_weights": t_weights,
             "seconds_per_exact_weight": t_weights / max(m, 1), "n_nonpositive_det": bad,
             "bijectivity_ratio_max": float(ratio.max()), "fraction_bijectivity_ratio_below_1": float((ratio < 1).double().mean()),
+            "fraction_monotone": float((mono > 0).double().mean()),
             "training_iterations": ckpt["state"]["iteration"], "training_cpu_seconds": ckpt["state"]["cpu_seconds"]}
     samples = out / "samples.npz"
     np.savez(samples, x=x[:m].double().cpu().numpy(), log_q=log_q.double().cpu().numpy(),
@@ -127,7 +130,8 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
             f"({n / max(t_sampling, 1e-9):.0f} /s); raw coordinates in `raw_all.npz`",
             f"- exact importance weights for {m} of them in {t_weights:.1f} s "
             f"({1000 * t_weights / max(m, 1):.2f} ms per sample; det <= 0 at {bad} samples; measured bijectivity "
-            f"ratio ||J_step - I||_2 < 1 at {100 * meta['fraction_bijectivity_ratio_below_1']:.1f} % of them)",
+            f"ratio ||J_step - I||_2 < 1 at {100 * meta['fraction_bijectivity_ratio_below_1']:.1f} % of them; "
+            f"symmetric part of J_step positive definite (monotone) at {100 * meta['fraction_monotone']:.1f} %)",
             f"- total {total:.0f} s; samples with weights in `samples.npz`", ""]
     report = out / "report.md"
     report.write_text("\n".join(head) + "\n" + "\n".join(sections))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .flow import Prior, _bt, as_times, pf_step
-from .jacobian import direct_step_ratio, lipschitz_ratio, step_log_volume
+from .jacobian import direct_step_ratio, lipschitz_ratio, monotonicity, step_log_volume
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,9 @@ class Samples:
 
 def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str = "exact",
               generator: torch.Generator | None = None, schedule=None, **kw):
-    """Run K = steps deterministic steps from x0; return (x_K, log q, n_bad_det, lipschitz_max).
+    """Run K = steps deterministic steps from x0; return (x_K, log q, bad_det, lipschitz, monotone),
+    the last three per sample: some step had det <= 0; largest measured bijectivity ratio over the
+    steps; smallest eigenvalue of the symmetric part of a step Jacobian over the steps.
 
     ``method`` as in :func:`molsample.jacobian.step_log_volume`; ``None`` skips log q.
     """
@@ -44,6 +46,7 @@ def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str 
     log_q = prior.log_prob(x0) if method else torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
     bad = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
     lip = torch.full((x0.shape[0],), float("nan"), dtype=x0.dtype, device=x0.device)
+    mono = torch.full((x0.shape[0],), float("nan"), dtype=x0.dtype, device=x0.device)
     d = 1.0 / steps
     for k in range(steps):
         t = k * d
@@ -58,9 +61,10 @@ def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str 
                 else:                  # Phi = x + d b: a bijection when d Lip(b) < 1; measured locally
                     r = direct_step_ratio(vol.jacobian.detach())
                 lip = torch.fmax(lip, r)
+                mono = torch.fmin(mono, monotonicity(vol.jacobian.detach()))
         with torch.no_grad():
             x = pf_step(velocity, x, t, d, **kw)
-    return x.detach(), log_q, bad, lip
+    return x.detach(), log_q, bad, lip, mono
 
 
 def sample(velocity, prior: Prior, target, n: int, steps: int, method: str = "exact",
@@ -68,22 +72,25 @@ def sample(velocity, prior: Prior, target, n: int, steps: int, method: str = "ex
            device="cpu", schedule=None) -> Samples:
     """Draw n samples with a K-step deterministic map and their DF importance weights."""
     t0 = time.perf_counter()
-    xs, lq, lp, bad, lip = [], [], [], [], []
+    xs, lq, lp, bad, lip, mono = [], [], [], [], [], []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         x0 = prior.sample(m, generator, dtype=dtype).to(device)
-        x, log_q, b, r = integrate(velocity, prior, x0, steps, method, generator, schedule)
+        x, log_q, b, r, mn = integrate(velocity, prior, x0, steps, method, generator, schedule)
         with torch.no_grad():
             log_prob = -target.energy(x)
         xs.append(x), lq.append(log_q.detach()), lp.append(log_prob), bad.append(b), lip.append(r)
+        mono.append(mn)
     x, log_q, log_prob = torch.cat(xs), torch.cat(lq), torch.cat(lp)
-    lip_all = torch.cat(lip)
+    lip_all, mono_all = torch.cat(lip), torch.cat(mono)
     lip_max = float(lip_all[~torch.isnan(lip_all)].max()) if (~torch.isnan(lip_all)).any() else float("nan")
     return Samples(x=x, log_q=log_q, log_w=log_prob - log_q, log_prob=log_prob, steps=steps, method=method,
                    n_nonpositive_det=int(torch.cat(bad).sum()), lipschitz_max=lip_max,
                    seconds=time.perf_counter() - t0,
                    info={"fraction_lipschitz_below_1": float((lip_all < 1).double().mean())
-                         if (~torch.isnan(lip_all)).any() else float("nan")})
+                         if (~torch.isnan(lip_all)).any() else float("nan"),
+                         "fraction_monotone": float((mono_all > 0).double().mean())
+                         if (~torch.isnan(mono_all)).any() else float("nan")})
 
 
 def invert_step(velocity, y: torch.Tensor, t, d, max_iter: int = 200, tol: float = 1e-6):

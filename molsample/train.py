@@ -84,7 +84,9 @@ class Trainer:
         if not path.is_file():
             return False
         ckpt = torch.load(path, map_location=self.exp.device, weights_only=False)
-        if ckpt["config"] != self.exp.config.to_dict():
+        from .config import from_dict
+        saved = from_dict(ExperimentConfig, ckpt["config"], f"{path}: config").to_dict()   # new keys: defaults
+        if saved != self.exp.config.to_dict():
             raise ValueError(f"{path}: the checkpoint was written with a different config; "
                              "use another --out directory or the same config")
         self.exp.model.load_state_dict(ckpt["model"])
@@ -137,6 +139,17 @@ class Trainer:
             l_jac = losses.jacobian_penalty(drift, x, t, d, exp.space, gen)
             total = total + cfg.jac_weight * l_jac
             logs["jac"] = l_jac.item()
+        if cfg.bij_weight > 0:
+            if cfg.bij_form == "lipschitz":        # ratio ||J_r||_2 / c must stay below the bound
+                ratio = losses.step_lipschitz(student, x, t, d, exp.space, gen, cfg.bij_iterations)
+                l_bij = losses.bijectivity_penalty(ratio, cfg.bij_bound)
+                logs["bij_max"] = ratio.max().item()
+            else:                                   # lambda_min(sym J) / c must stay above the bound
+                lam = losses.step_monotonicity(student, x, t, d, exp.space, gen, cfg.bij_iterations)
+                l_bij = losses.bijectivity_penalty(-lam, -cfg.bij_bound)
+                logs["bij_min"] = lam.min().item()
+            total = total + cfg.bij_weight * l_bij
+            logs["bij"] = l_bij.item()
         return total
 
     def step(self) -> dict:

@@ -7,8 +7,9 @@ import torch
 from scipy import integrate as sci_integrate
 
 from molsample.flow import CosineSchedule, DriftVelocity, Prior, Space, pf_step
-from molsample.jacobian import lipschitz_ratio, step_log_volume, velocity_jacobian
-from molsample.losses import self_consistency, volume_consistency
+from molsample.jacobian import lipschitz_ratio, monotonicity, step_log_volume, velocity_jacobian
+from molsample.losses import (bijectivity_penalty, self_consistency, step_lipschitz, step_monotonicity,
+                              volume_consistency)
 from molsample.nn import LangevinDrift, MLPCore
 from molsample.sampler import integrate
 from molsample.targets import Funnel, GaussianMixture, LennardJones
@@ -161,7 +162,7 @@ def test_k_step_log_q_matches_closed_form_for_a_linear_drift(steps):
     prior = Prior(space, s0)
     v = RandomLinearFlow(dim)
     x0 = prior.sample(200, torch.Generator().manual_seed(7))
-    x, log_q, bad, _ = integrate(v, prior, x0, steps, "exact")
+    x, log_q, bad, _, _ = integrate(v, prior, x0, steps, "exact")
     lmat = torch.eye(dim, dtype=torch.float64)
     for k in range(steps):
         lmat = (torch.eye(dim, dtype=torch.float64) + v.matrix(k / steps) / steps) @ lmat
@@ -178,6 +179,51 @@ def test_lipschitz_ratio_of_a_known_linear_step():
                                    dtype=torch.float64))[None]
     r = lipschitz_ratio(step, torch.tensor([sigma]), torch.tensor([beta]), torch.tensor([d]))
     assert abs(r.item() - (d * sigma) / (1 + d * beta / 2)) < 1e-12
+
+
+@pytest.mark.parametrize("case", ["vector", "particles"])
+def test_trained_bijectivity_ratio_matches_the_dense_spectral_norm(case):
+    # the power-iteration estimate used in training vs the spectral norm of the dense autograd
+    # Jacobian of the step (target-score Hessian included), and it carries a gradient
+    target = Funnel(dim=5) if case == "vector" else LennardJones(4)
+    space = Space(target.event_shape, target.com_free)
+    v = small_drift(space, target, std=1.0)
+    gen = torch.Generator().manual_seed(3)
+    x = Prior(space, 1.0).sample(6, gen)
+    if case == "particles":
+        x = 0.3 * x + space.project(torch.tensor([[0, 0, 0], [1.2, 0, 0], [0, 1.2, 0], [0, 0, 1.2]],
+                                                 dtype=torch.float64)[None])
+    t = torch.full((6,), 0.5, dtype=torch.float64)
+    d = torch.full((6,), 0.5, dtype=torch.float64)
+    step = dense_step_jacobian(v, x, 0.5, 0.5, space)
+    exact = lipschitz_ratio(step, SCHED.sigma(t), SCHED.beta(t), d)
+    est = step_lipschitz(v, x, t, d, space, gen, iterations=30, h=1e-5)
+    assert (est <= exact * (1 + 1e-6)).all()                 # a power iteration never overshoots
+    assert torch.allclose(est, exact, rtol=1e-3), (est, exact)
+    loss = bijectivity_penalty(step_lipschitz(v, x, t, d, space, gen, iterations=30, h=1e-5), 0.5 * exact.min().item())
+    loss.backward()
+    grads = [p.grad for p in v.drift.parameters() if p.grad is not None]
+    assert loss.item() > 0 and grads and sum(g.abs().sum() for g in grads) > 0
+    assert bijectivity_penalty(exact, 2 * exact.max().item()).item() == 0.0
+    # monotonicity: smallest eigenvalue of the symmetric part of the step Jacobian, over c
+    c = 1 + 0.5 * d * SCHED.beta(t)
+    lam = torch.linalg.eigvalsh(0.5 * (step + step.transpose(1, 2)))[:, 0] / c
+    est = step_monotonicity(v, x, t, d, space, gen, iterations=100, h=1e-5)
+    assert (est >= lam - 1e-6 * lam.abs()).all()             # a Rayleigh quotient never undershoots
+    assert torch.allclose(est, lam, rtol=1e-3 if case == "vector" else 0.05), (est, lam)   # (small gaps converge slowly)
+    lam_graph = step_monotonicity(v, x, t, d, space, gen, iterations=3)
+    bijectivity_penalty(-lam_graph, -(lam.max().item() + 1)).backward()
+    assert sum(p.grad.abs().sum() for p in v.drift.parameters() if p.grad is not None) > 0
+
+
+def test_monotonicity_allows_stretching_but_not_folding():
+    # a stretch by 10 (Lipschitz ratio 9) is monotone; a shear with det > 0 can still fail monotonicity
+    stretch = torch.diag(torch.tensor([10.0, 0.1], dtype=torch.float64))[None]
+    shear = torch.tensor([[[1.0, 3.0], [0.0, 1.0]]], dtype=torch.float64)
+    assert abs(monotonicity(stretch).item() - 0.1) < 1e-12
+    assert abs(monotonicity(shear).item() - (1 - 1.5)) < 1e-12 and torch.linalg.det(shear).item() > 0
+    fold = torch.diag(torch.tensor([1.0, -0.5], dtype=torch.float64))[None]
+    assert monotonicity(fold).item() < 0
 
 
 def test_path_weights_are_exact_for_the_true_score_as_steps_shrink():
@@ -208,7 +254,7 @@ def test_inverting_the_k_step_map_recovers_log_q():
     prior = Prior(space, SCHED.s0)
     x0 = prior.sample(16, torch.Generator().manual_seed(8))
     for steps in (1, 4):
-        y, log_q, bad, lip = integrate(v, prior, x0, steps, "exact", schedule=SCHED)
+        y, log_q, bad, lip, _ = integrate(v, prior, x0, steps, "exact", schedule=SCHED)
         assert not bad.any() and float(lip.max()) < 1.0
         log_q_inv, res = log_q_of(v, prior, y, steps, tol=1e-13, max_iter=2000)
         assert res.max() < 1e-12 and (log_q_inv - log_q).abs().max() < 1e-6
