@@ -101,6 +101,7 @@ def _cmd_sample(args) -> int:
             "weights": args.weights, "n": args.n, "seed": args.seed, "seconds": s.seconds,
             "n_nonpositive_det": s.n_nonpositive_det,
             "lipschitz_max": s.lipschitz_max if np.isfinite(s.lipschitz_max) else None,
+            "fraction_monotone": s.info["fraction_monotone"] if np.isfinite(s.info["fraction_monotone"]) else None,
             "log_z_true": exp.target.log_z, "training_iterations": ckpt["state"]["iteration"],
             "training_cpu_seconds": ckpt["state"]["cpu_seconds"]}
     out = Path(args.out)
@@ -128,7 +129,8 @@ def _cmd_estimate(args) -> int:
         log_w = data["log_w"]
         meta = json.loads(str(data["meta"])) if "meta" in data else {}
     result = {"file": str(args.file), **summarise(log_w, n_boot=args.bootstrap, seed=args.seed), **{
-        k: meta[k] for k in ("system", "steps", "weights", "n_nonpositive_det", "lipschitz_max") if k in meta}}
+        k: meta[k] for k in ("system", "steps", "weights", "n_nonpositive_det", "lipschitz_max", "fraction_monotone")
+        if k in meta}}
     if meta.get("log_z_true") is not None:
         result["delta_log_z"] = result["log_z"]["value"] - meta["log_z_true"]
     if args.json:
@@ -145,6 +147,8 @@ def _cmd_estimate(args) -> int:
         print(f"{'samples with det <= 0':<24} {result['n_nonpositive_det']:>12d}")
         if result.get("lipschitz_max") is not None:
             print(f"{'max bijectivity ratio':<24} {result['lipschitz_max']:>12.4f}  (< 1 needed)")
+        if result.get("fraction_monotone") is not None:
+            print(f"{'monotone at every step':<24} {100 * result['fraction_monotone']:>11.1f}%  (100 % suffices)")
     return 0
 
 

@@ -82,6 +82,16 @@ def test_config_rejects_unknown_keys(tmp_path):
         ExperimentConfig.load(bad)
 
 
+@pytest.mark.parametrize("form", ["lipschitz", "monotone"])
+def test_bijectivity_hinge_is_trained_and_logged(tmp_path, form):
+    # a bound no step can meet: the hinge is active, finite and logged at every iteration
+    bound = 1e-6 if form == "lipschitz" else 1e6
+    train(tiny(4, bij_weight=1.0, bij_form=form, bij_bound=bound), tmp_path, progress=False)
+    logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(logs) == 4 and all(np.isfinite(r["bij"]) and r["bij"] > 0 for r in logs)
+    assert all(("bij_max" if form == "lipschitz" else "bij_min") in r for r in logs)
+
+
 def test_cli_train_sample_estimate(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(TINY), "--out", str(out), "--quiet", "--iterations", "6"]) == 0
@@ -94,5 +104,6 @@ def test_cli_train_sample_estimate(tmp_path, capsys):
     data = np.load(tmp_path / "s_exact.npz")
     assert data["x"].shape == (300, 2) and np.isfinite(data["log_w"]).all()
     assert res["steps"] == 2 and res["weights"] == "exact" and 0 < res["ess"]["value"] <= 1
+    assert 0 <= res["fraction_monotone"] <= 1
     assert abs(res["delta_log_z"] - res["log_z"]["value"]) < 1e-12   # gmm40 has log Z = 0
     assert main(["train", str(TINY), "--out", str(out), "--quiet"]) == 2          # exists, no --resume
