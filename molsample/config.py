@@ -121,7 +121,19 @@ class TrainConfig:
     ``bij_bound`` (METHOD's bound; forbids strong stretching); ``monotone``: the smallest eigenvalue of
     the symmetric part of the step Jacobian, over c, must stay above ``bij_bound`` (a monotone map is
     injective with any amount of stretching). ``bij_iterations``: power iterations per estimate.
+
+    ``explore_noise`` > 1 (log-variance loss only): the training paths are simulated with the
+    Euler-Maruyama noise scaled by this factor (an off-policy behaviour that crosses barriers more
+    often); the log-variance loss re-evaluates the model's own kernels on them, so its minimiser is
+    unchanged.
     """
+
+    def __post_init__(self):
+        if self.explore_noise != 1.0 and self.diffusion_loss != "log-variance":
+            raise ConfigError(f"train: explore_noise = {self.explore_noise} needs diffusion_loss: log-variance "
+                              "(the reverse KL must be taken on the model's own paths)")
+        if self.explore_noise <= 0:
+            raise ConfigError(f"train: explore_noise must be positive, got {self.explore_noise}")
     n_base: int = 32
     batch: int = 256
     iterations: int = 1000
@@ -130,6 +142,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.999
     diffusion_loss: typing.Literal["kl", "log-variance"] = "kl"
+    explore_noise: float = 1.0
     detach_score: bool = True
     sd_weight: float = 0.25
     sd_start: int = 0

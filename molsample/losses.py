@@ -25,11 +25,13 @@ class EMPath:
 
 def simulate_path(drift, schedule: CosineSchedule, prior: Prior, target, n: int, n_base: int,
                   generator: torch.Generator | None, dtype=torch.float32, device="cpu",
-                  differentiable: bool = True, score_fixed: bool = False) -> EMPath:
+                  differentiable: bool = True, score_fixed: bool = False, noise_scale: float = 1.0) -> EMPath:
     """Simulate the N_base-step SDE from the prior and accumulate log w along it.
 
     log w = log pi~(x_N) - [log p0(x_0) + sum_k (log F(x_{k+1}|x_k) - log B(x_k|x_{k+1}))].
     With ``differentiable`` the loss backpropagates through the whole path (reverse KL).
+    ``noise_scale`` != 1 draws the states with the kernel noise scaled (an exploration behaviour
+    for the log-variance loss); log w still uses the model's kernel F.
     """
     space = prior.space
     delta = 1.0 / n_base
@@ -41,7 +43,7 @@ def simulate_path(drift, schedule: CosineSchedule, prior: Prior, target, n: int,
             t = k * delta
             mean, std = em_mean(drift, schedule, x, t, delta, score_fixed=score_fixed)
             eps = space.randn(n, generator, dtype=dtype).to(device)
-            x_next = mean + std * eps
+            x_next = mean + noise_scale * std * eps
             log_f = space.gaussian_log_prob(x_next - mean, std.reshape(-1)[0] ** 2)
             b_mean, b_std = reference_backward_mean(schedule, x_next, t, delta)
             log_b = space.gaussian_log_prob(x - b_mean, b_std.reshape(-1)[0] ** 2)

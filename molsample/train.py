@@ -102,13 +102,15 @@ class Trainer:
         model = exp.model
         path = losses.simulate_path(model, exp.schedule, exp.prior, exp.target, cfg.batch, cfg.n_base, gen,
                                     exp.dtype, exp.device, differentiable=cfg.diffusion_loss == "kl",
-                                    score_fixed=cfg.detach_score)
+                                    score_fixed=cfg.detach_score, noise_scale=cfg.explore_noise)
         if cfg.diffusion_loss == "kl":
             l_diff = losses.kl_loss(path)
         else:
             l_diff = losses.log_variance_loss(model, exp.schedule, exp.prior, exp.target, path, cfg.detach_score)
-        logs = {"diff": l_diff.item(), "elbo": path.log_w.mean().item(),
-                "path_ess": float(ess_estimate(path.log_w.detach().cpu().numpy(), n_boot=0).value)}
+        logs = {"diff": l_diff.item()}
+        if cfg.explore_noise == 1.0:        # on-policy paths: their log w give the ELBO and the path ESS
+            logs.update(elbo=path.log_w.mean().item(),
+                        path_ess=float(ess_estimate(path.log_w.detach().cpu().numpy(), n_boot=0).value))
         total = l_diff
         if (cfg.sd_weight > 0 or cfg.vol_weight > 0) and self.state.iteration >= cfg.sd_start:
             m = cfg.sd_batch

@@ -92,6 +92,14 @@ def test_bijectivity_hinge_is_trained_and_logged(tmp_path, form):
     assert all(("bij_max" if form == "lipschitz" else "bij_min") in r for r in logs)
 
 
+def test_exploration_noise_needs_the_log_variance_loss(tmp_path):
+    with pytest.raises(ConfigError, match="explore_noise"):
+        tiny(2, explore_noise=2.0)
+    train(tiny(4, diffusion_loss="log-variance", explore_noise=2.0), tmp_path, progress=False)
+    logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["diff"]) and "elbo" not in r for r in logs)
+
+
 def test_cli_train_sample_estimate(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(TINY), "--out", str(out), "--quiet", "--iterations", "6"]) == 0
