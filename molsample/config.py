@@ -116,11 +116,12 @@ class TrainConfig:
     """Optimisation and losses (see METHOD: diffusion + self-consistency + volume + Jacobian).
 
     ``bij_weight`` > 0 enforces bijectivity of the big steps the self-consistency loss samples
-    (exact weights are valid only for a bijective map) by a squared hinge on a per-sample estimate:
+    (exact weights are valid only for a bijective map) by a linear hinge on a per-sample estimate:
     ``bij_form: lipschitz``: the ratio ||J_r||_2 / c of Phi = c x + r(x) must stay below
     ``bij_bound`` (METHOD's bound; forbids strong stretching); ``monotone``: the smallest eigenvalue of
     the symmetric part of the step Jacobian, over c, must stay above ``bij_bound`` (a monotone map is
-    injective with any amount of stretching). ``bij_iterations``: power iterations per estimate.
+    injective with any amount of stretching). ``bij_iterations``: power (lipschitz) or Lanczos
+    (monotone) iterations per estimate.
 
     ``explore_noise`` > 1 (log-variance loss only): the training paths are simulated with the
     Euler-Maruyama noise scaled by this factor (an off-policy behaviour that crosses barriers more
@@ -154,7 +155,7 @@ class TrainConfig:
     bij_weight: float = 0.0
     bij_form: typing.Literal["lipschitz", "monotone"] = "lipschitz"
     bij_bound: float = 0.9
-    bij_iterations: int = 3
+    bij_iterations: int = 12
     checkpoint_every: int = 100
     eval_every: int = 100
     eval_samples: int = 1024

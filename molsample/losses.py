@@ -173,46 +173,62 @@ def step_lipschitz(velocity, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, 
 
 
 def step_monotonicity(velocity, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, space,
-                      generator: torch.Generator | None, iterations: int = 6, h: float = 1e-3) -> torch.Tensor:
+                      generator: torch.Generator | None, iterations: int = 12, h: float = 1e-3) -> torch.Tensor:
     """Differentiable estimate of each sample's smallest eigenvalue of the symmetric part of the
     step Jacobian, divided by c: lambda_min((J + J^T) / 2) / c with J = c I + J_r on the space.
 
     If it is positive everywhere (uniformly), Phi is strongly monotone, (Phi(x) - Phi(y)).(x - y) > 0,
     hence injective, with no limit on expansion (optimal-transport maps, gradients of convex
     functions, are monotone); a weaker requirement than the Lipschitz ratio below 1 whenever the
-    map must stretch some directions. The direction is found by power iteration on rho I - S_r
-    (S_r the symmetric part of J_r, rho an estimate of its spectral radius); the returned value is
-    the Rayleigh quotient in that direction with the graph (an upper estimate of the minimum).
+    map must stretch some directions. The direction is the Ritz vector of the smallest Ritz value
+    after ``iterations`` Lanczos steps on S_r, the symmetric part of J_r (S_r v = (J_r v + J_r^T v)/2:
+    central differences and autograd, no graph kept; full reorthogonalisation), batched over
+    samples; the returned value is the Rayleigh quotient in that direction WITH the graph, so its
+    gradient reaches the network (an upper estimate of the minimum, tight once Lanczos converged;
+    exact after dof steps).
     """
     residual, c = _residual_step(velocity, x, t, d)
     x = x.detach()
     n = x.shape[0]
+    k = max(1, min(iterations, space.dof))
 
     def sym(v):
         with torch.no_grad():
             jv = _jvp_fd(residual, x, v, h)
-        return space.project(0.5 * (jv + _vjp(residual, x, v)))
+        return space.project(0.5 * (jv + _vjp(residual, x, v))).reshape(n, -1)
 
-    def norm(v):
-        return v.reshape(n, -1).norm(dim=1).reshape(-1, *[1] * (v.dim() - 1))
+    def dot(a, b):
+        return (a * b).sum(1)
 
-    v = _unit(space.project(torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)))
-    rho = norm(sym(v))
-    for _ in range(2):                                   # spectral radius of S_r from a few power steps
-        w = sym(v)
-        rho = torch.maximum(rho, norm(w))
-        v = _unit(w)
-    rho = 1.5 * rho + 1e-6
-    v = _unit(space.project(torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)))
-    for _ in range(iterations):
-        v = _unit(rho * v - sym(v))
-    quotient = (v * _jvp_fd(residual, x, v, h)).reshape(n, -1).sum(1)
+    v = space.project(torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)).reshape(n, -1)
+    basis = [v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)]
+    alpha, beta = [], []
+    for j in range(k):
+        w = sym(basis[j].reshape(x.shape))
+        alpha.append(dot(w, basis[j]))
+        for _ in range(2):                               # full reorthogonalisation, twice (k is small;
+            for q in basis:                              # one pass is not enough after near-breakdown)
+                w = w - dot(w, q)[:, None] * q
+        if j == k - 1:
+            break
+        b = w.norm(dim=1)
+        beta.append(b)
+        basis.append(w / b[:, None].clamp_min(1e-30))
+    tri = torch.diag_embed(torch.stack(alpha, 1))
+    if beta:
+        off = torch.diag_embed(torch.stack(beta, 1), offset=1)
+        tri = tri + off + off.transpose(1, 2)
+    _, vecs = torch.linalg.eigh(tri.double())
+    ritz = (torch.stack(basis, 2) * vecs[:, None, :, 0].to(x)).sum(2)          # (n, dim)
+    u = (ritz / ritz.norm(dim=1, keepdim=True).clamp_min(1e-30)).reshape(x.shape)
+    quotient = (u * _jvp_fd(residual, x, u, h)).reshape(n, -1).sum(1)
     return 1 + quotient / c
 
 
 def bijectivity_penalty(ratio: torch.Tensor, bound: float) -> torch.Tensor:
-    """mean(relu(ratio - bound)^2): zero while every sampled step keeps its ratio below ``bound``."""
-    return torch.clamp(ratio - bound, min=0.0).pow(2).mean()
+    """mean(relu(ratio - bound)): zero while every sampled step keeps its ratio below ``bound``; a
+    linear hinge, so that small violations (a fold just past det = 0) still get a full gradient."""
+    return torch.clamp(ratio - bound, min=0.0).mean()
 
 
 def ot_coupling(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
