@@ -87,10 +87,13 @@ def sample(velocity, prior: Prior, target, n: int, steps: int, method: str = "ex
     return Samples(x=x, log_q=log_q, log_w=log_prob - log_q, log_prob=log_prob, steps=steps, method=method,
                    n_nonpositive_det=int(torch.cat(bad).sum()), lipschitz_max=lip_max,
                    seconds=time.perf_counter() - t0,
-                   info={"fraction_lipschitz_below_1": float((lip_all < 1).double().mean())
-                         if (~torch.isnan(lip_all)).any() else float("nan"),
-                         "fraction_monotone": float((mono_all > 0).double().mean())
-                         if (~torch.isnan(mono_all)).any() else float("nan")})
+                   info={"fraction_lipschitz_below_1": _share(lip_all < 1, lip_all),
+                         "fraction_monotone": _share(mono_all > 0, mono_all)})
+
+
+def _share(condition: torch.Tensor, measured: torch.Tensor) -> float:
+    """Fraction of samples where ``condition`` holds; NaN when nothing was measured (no exact weights)."""
+    return float(condition.double().mean()) if (~torch.isnan(measured)).any() else float("nan")
 
 
 def invert_step(velocity, y: torch.Tensor, t, d, max_iter: int = 200, tol: float = 1e-6):

@@ -14,7 +14,7 @@ import torch
 
 from . import losses
 from .build import Experiment, build
-from .config import ExperimentConfig
+from .config import ExperimentConfig, from_dict
 from .estimate import ess as ess_estimate, log_z as log_z_estimate
 from .sampler import sample
 
@@ -40,11 +40,15 @@ class TrainState:
     cpu_seconds: float = 0.0
 
 
+def saved_config(ckpt: dict, path) -> ExperimentConfig:
+    """The config stored in a checkpoint, checked, with defaults for keys added after it was written."""
+    return from_dict(ExperimentConfig, ckpt["config"], f"{path}: config")
+
+
 def load_checkpoint(path: str | Path, device="cpu") -> tuple[Experiment, dict]:
     """Rebuild an experiment from a checkpoint alone (config inside), EMA weights loaded into ``model``."""
     ckpt = torch.load(path, map_location=device, weights_only=False)
-    from .config import from_dict
-    cfg = from_dict(ExperimentConfig, ckpt["config"], f"{path}: config")
+    cfg = saved_config(ckpt, path)
     exp = build(cfg, device)
     exp.model.load_state_dict(ckpt["ema"])
     return exp, ckpt
@@ -84,9 +88,7 @@ class Trainer:
         if not path.is_file():
             return False
         ckpt = torch.load(path, map_location=self.exp.device, weights_only=False)
-        from .config import from_dict
-        saved = from_dict(ExperimentConfig, ckpt["config"], f"{path}: config").to_dict()   # new keys: defaults
-        if saved != self.exp.config.to_dict():
+        if saved_config(ckpt, path).to_dict() != self.exp.config.to_dict():     # keys added since: defaults
             raise ValueError(f"{path}: the checkpoint was written with a different config; "
                              "use another --out directory or the same config")
         self.exp.model.load_state_dict(ckpt["model"])
