@@ -127,6 +127,14 @@ class TrainConfig:
     Euler-Maruyama noise scaled by this factor (an off-policy behaviour that crosses barriers more
     often); the log-variance loss re-evaluates the model's own kernels on them, so its minimiser is
     unchanged.
+
+    ``kl_weight`` > 0 adds the reverse KL of the ONE-step map to the target, with the exact
+    log-determinant (energy-based fine-tuning of what K = 1 samples, from iteration ``kl_start``, on
+    ``kl_batch`` prior draws; both routes). Energies above ``energy_cap`` (kT) enter as
+    cap + log(1 + u - cap), as Boltzmann-generator training does, so clashes do not dominate the
+    gradient. Reverse KL alone is mode-seeking: the diffusion / flow-matching and self-consistency
+    losses continue beside it. ``init_checkpoint``: start from the EMA weights of an earlier run
+    (e.g. a fine-tuning stage after a full training).
     """
 
     def __post_init__(self):
@@ -156,6 +164,11 @@ class TrainConfig:
     bij_form: typing.Literal["lipschitz", "monotone"] = "lipschitz"
     bij_bound: float = 0.9
     bij_iterations: int = 12
+    kl_weight: float = 0.0
+    kl_batch: int = 32
+    kl_start: int = 0
+    energy_cap: float = 1000.0
+    init_checkpoint: str = ""
     checkpoint_every: int = 100
     eval_every: int = 100
     eval_samples: int = 1024
@@ -173,22 +186,17 @@ class DataConfig:
     (w: the file's per-frame Boltzmann weights; 1 reproduces the reference distribution, smaller
     values flatten it so that the proposal covers rare states; exact weights correct for it).
     ``mirror``: reflect half of the frames (valid for mirror-symmetric force fields, see TARGETS).
-    ``kl_weight`` > 0 adds the reverse KL of the one-step map to the target, with the exact
-    log-determinant (energy-based fine-tuning, from iteration ``kl_start``, on ``kl_batch`` samples);
-    energies above ``energy_cap`` (kT) enter as cap + log(1 + u - cap), as Boltzmann-generator
-    training does, so clashes do not dominate the gradient. ``init_checkpoint``: start from the EMA
-    weights of an earlier run (e.g. the flow-matching stage).
+    The one-step reverse KL and ``init_checkpoint`` (both routes) are ``train:`` keys.
     """
     path: str
     weight_power: float = 1.0
     mirror: bool = True
     ot_coupling: bool = True
     fm_weight: float = 1.0
-    kl_weight: float = 0.0
-    kl_batch: int = 32
-    kl_start: int = 0
-    energy_cap: float = 1000.0
-    init_checkpoint: str = ""
+
+
+# keys that were ``data:`` keys in earlier versions and are ``train:`` keys now
+MOVED_TO_TRAIN = ("kl_weight", "kl_batch", "kl_start", "energy_cap", "init_checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +219,23 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path) -> "ExperimentConfig":
-        return from_dict(cls, load_yaml(path), str(path))
+        data = load_yaml(path)
+        moved = sorted(set((data or {}).get("data") or {}) & set(MOVED_TO_TRAIN)) if isinstance(data, dict) else []
+        if moved:
+            raise ConfigError(f"{path}: data: key(s) {moved} belong under train: (the one-step reverse KL and "
+                              "init_checkpoint apply to both routes)")
+        return from_dict(cls, data, str(path))
+
+    @classmethod
+    def from_saved(cls, data: dict, where: str) -> "ExperimentConfig":
+        """A config stored in a checkpoint; keys that have since moved section are moved, keys added
+        since get their defaults."""
+        data = {**data}
+        if isinstance(data.get("data"), dict) and set(data["data"]) & set(MOVED_TO_TRAIN):
+            section = {**data["data"]}
+            train = {**data.get("train", {}), **{k: section.pop(k) for k in MOVED_TO_TRAIN if k in section}}
+            data.update(data=section, train=train)
+        return from_dict(cls, data, where)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

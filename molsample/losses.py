@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .flow import CosineSchedule, Prior, _bt, as_times, em_mean, pf_step, reference_backward_mean
-from .jacobian import rademacher, step_log_volume
+from .jacobian import rademacher, step_log_volume, velocity_jacobian
 
 
 @dataclass(frozen=True)
@@ -261,15 +261,18 @@ def regularised_energy(u: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.where(u < cap, u, cap + torch.log1p(over))
 
 
-def one_step_reverse_kl(net, prior, target, x0: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reverse KL of the one-step map x = x0 + b(x0, 0, 1) to exp(-u), up to log Z:
-    mean[u_reg(x) + log p0(x0) - log|det(I + Q^T J_b(x0) Q)|], with the exact log-determinant from
-    the network's differentiable forward-mode Jacobian. Returns (loss, per-sample log w, detached)."""
+def one_step_reverse_kl(velocity, prior, target, x0: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reverse KL of the one-step map x = Phi(x0; 0, 1) = x0 + b(x0, 0, 1) to exp(-u), up to log Z:
+    mean[u_reg(x) + log p0(x0) - log|det(I + Q^T J_b(x0) Q)|], with the exact, differentiable
+    log-determinant (the velocity's forward-mode Jacobian when it has one, else vector-Jacobian
+    products with a graph). Returns (loss, per-sample log w, detached)."""
     n = x0.shape[0]
     t = torch.zeros(n, dtype=x0.dtype, device=x0.device)
     d = torch.ones(n, dtype=x0.dtype, device=x0.device)
-    x = x0 + net(x0, t, d)
-    jac = net.jacobian(x0, t, d, prior.space.basis(x0.dtype, x0.device))
+    x = pf_step(velocity, x0, t, d)
+    jac = velocity.jacobian(x0, t, d, prior.space.basis(x0.dtype, x0.device)) if hasattr(velocity, "jacobian") else None
+    if jac is None:
+        jac = velocity_jacobian(velocity, x0, t, d, prior.space, create_graph=True)
     eye = torch.eye(jac.shape[-1], dtype=x0.dtype, device=x0.device)
     _, logdet = torch.linalg.slogdet(eye + jac)
     u = target.energy(x)

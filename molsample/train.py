@@ -14,7 +14,7 @@ import torch
 
 from . import losses
 from .build import Experiment, build
-from .config import ExperimentConfig, from_dict
+from .config import ExperimentConfig
 from .estimate import ess as ess_estimate, log_z as log_z_estimate
 from .sampler import sample
 
@@ -42,7 +42,7 @@ class TrainState:
 
 def saved_config(ckpt: dict, path) -> ExperimentConfig:
     """The config stored in a checkpoint, checked, with defaults for keys added after it was written."""
-    return from_dict(ExperimentConfig, ckpt["config"], f"{path}: config")
+    return ExperimentConfig.from_saved(ckpt["config"], f"{path}: config")
 
 
 def load_checkpoint(path: str | Path, device="cpu") -> tuple[Experiment, dict]:
@@ -75,6 +75,11 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(exp.config.seed)
         self.state = TrainState()
         self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.init_checkpoint:                   # a later stage starts from an earlier run's EMA weights
+            from .data import resolve_path
+            state = torch.load(resolve_path(cfg.init_checkpoint), map_location=exp.device, weights_only=False)
+            exp.model.load_state_dict(state["ema"])
+            self.ema.load_state_dict(state["ema"])
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -121,6 +126,7 @@ class Trainer:
             x = path.states[index, rows]
             t, d = t.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
             total = total + self.consistency_losses(x, t, d, model, logs)
+        total = total + self.one_step_kl(logs)
         logs["loss"] = total.item()
         return total, logs
 
@@ -155,6 +161,18 @@ class Trainer:
             total = total + cfg.bij_weight * l_bij
             logs["bij"] = l_bij.item()
         return total
+
+    def one_step_kl(self, logs) -> torch.Tensor | float:
+        """kl_weight x the reverse KL of the one-step map (exact log-determinant), from kl_start on;
+        its batch's Kish ESS is logged."""
+        exp, cfg = self.exp, self.cfg
+        if cfg.kl_weight <= 0 or self.state.iteration < cfg.kl_start:
+            return 0.0
+        z0 = exp.prior.sample(cfg.kl_batch, self.gen, dtype=exp.dtype).to(exp.device)
+        l_kl, lw = losses.one_step_reverse_kl(exp.velocity(exp.model), exp.prior, exp.target, z0, cfg.energy_cap)
+        logs["kl"] = l_kl.item()
+        logs["kl_ess"] = float(ess_estimate(lw.double().cpu().numpy(), n_boot=0).value)
+        return cfg.kl_weight * l_kl
 
     def step(self) -> dict:
         self.opt.zero_grad(set_to_none=True)
@@ -236,11 +254,6 @@ class DataTrainer(Trainer):
         dc = exp.config.data
         x, lw = load_frames(dc.path, exp.target)
         self.frames = FrameSampler(x, lw, exp.space, dc.weight_power, dc.mirror, exp.dtype, exp.device)
-        if dc.init_checkpoint:
-            from .data import resolve_path
-            state = torch.load(resolve_path(dc.init_checkpoint), map_location=exp.device, weights_only=False)
-            exp.model.load_state_dict(state["ema"])
-            self.ema.load_state_dict(state["ema"])
 
     def losses(self) -> tuple[torch.Tensor, dict]:
         exp, cfg, gen, dc = self.exp, self.cfg, self.gen, self.exp.config.data
@@ -258,12 +271,7 @@ class DataTrainer(Trainer):
             ts, d = ts.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
             x = losses.interpolate(x0[:m], x1[:m], ts)
             total = total + self.consistency_losses(x, ts, d, exp.model, logs)
-        if dc.kl_weight > 0 and self.state.iteration >= dc.kl_start:
-            z0 = exp.prior.sample(dc.kl_batch, gen, dtype=exp.dtype).to(exp.device)
-            l_kl, lw = losses.one_step_reverse_kl(exp.model, exp.prior, exp.target, z0, dc.energy_cap)
-            total = total + dc.kl_weight * l_kl
-            logs["kl"] = l_kl.item()
-            logs["kl_ess"] = float(ess_estimate(lw.double().cpu().numpy(), n_boot=0).value)
+        total = total + self.one_step_kl(logs)
         logs["loss"] = total.item()
         return total, logs
 

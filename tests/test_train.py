@@ -100,6 +100,52 @@ def test_exploration_noise_needs_the_log_variance_loss(tmp_path):
     assert all(np.isfinite(r["diff"]) and "elbo" not in r for r in logs)
 
 
+def test_one_step_reverse_kl_on_the_energy_route_uses_the_sampler_weights():
+    # the energy route's one-step map (Langevin drift, linear part) through the same loss, float64:
+    # per-sample log w equals the K = 1 exact-weight sampler's, and the gradient reaches the network
+    from molsample import losses
+    from molsample.sampler import integrate
+    exp = build(replace(tiny(), dtype="float64"))
+    g = torch.Generator().manual_seed(0)
+    x0 = exp.prior.sample(16, g, dtype=torch.float64)
+    velocity = exp.velocity(exp.model)
+    loss, log_w = losses.one_step_reverse_kl(velocity, exp.prior, exp.target, x0, cap=1e30)
+    x, log_q, bad, _, _ = integrate(velocity, exp.prior, x0, 1, "exact")
+    u = exp.target.energy(x)
+    assert int(bad.sum()) == 0
+    assert torch.allclose(log_w, -u - log_q, rtol=1e-9, atol=1e-8)
+    assert torch.isclose(loss, (u + log_q).mean(), rtol=1e-9)
+    loss.backward()
+    grads = [p.grad for p in exp.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_fine_tuning_stage_starts_from_an_earlier_run_and_logs_the_one_step_kl(tmp_path):
+    train(tiny(4), tmp_path / "first", progress=False)
+    first = torch.load(tmp_path / "first" / CHECKPOINT, weights_only=False)
+    cfg = tiny(2, kl_weight=0.1, kl_batch=8, init_checkpoint=str(tmp_path / "first" / CHECKPOINT))
+    trainer = Trainer(build(cfg), tmp_path / "second", progress=False)
+    for name, value in trainer.exp.model.state_dict().items():
+        assert torch.equal(value, first["ema"][name]), name
+    trainer.run()
+    logs = [json.loads(line) for line in (tmp_path / "second" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["kl"]) and 0 < r["kl_ess"] <= 1 for r in logs)
+
+
+def test_keys_moved_from_data_to_train(tmp_path):
+    # a checkpoint written when the one-step KL keys were data: keys still loads; a YAML config is told
+    saved = ExperimentConfig.load(ROOT / "configs" / "aldp-data-kl.yaml").to_dict()
+    old = {**saved, "data": {**saved["data"], "kl_weight": 0.5, "init_checkpoint": ""},
+           "train": {k: v for k, v in saved["train"].items() if k not in ("kl_weight", "init_checkpoint")}}
+    cfg = ExperimentConfig.from_saved(old, "old checkpoint")
+    assert cfg.train.kl_weight == 0.5 and cfg.train.init_checkpoint == "" and cfg.data.path == saved["data"]["path"]
+    bad = tmp_path / "c.yaml"
+    text = (ROOT / "configs" / "aldp-data-kl.yaml").read_text()
+    bad.write_text(text.replace("  ot_coupling: true\n", "  ot_coupling: true\n  kl_start: 5\n"))
+    with pytest.raises(ConfigError, match=r"\['kl_start'\] belong under train"):
+        ExperimentConfig.load(bad)
+
+
 def test_cli_train_sample_estimate(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(TINY), "--out", str(out), "--quiet", "--iterations", "6"]) == 0
