@@ -265,7 +265,8 @@ def one_step_reverse_kl(velocity, prior, target, x0: torch.Tensor, cap: float) -
     """Reverse KL of the one-step map x = Phi(x0; 0, 1) = x0 + b(x0, 0, 1) to exp(-u), up to log Z:
     mean[u_reg(x) + log p0(x0) - log|det(I + Q^T J_b(x0) Q)|], with the exact, differentiable
     log-determinant (the velocity's forward-mode Jacobian when it has one, else vector-Jacobian
-    products with a graph). Returns (loss, per-sample log w, detached)."""
+    products with a graph). Returns (loss, per-sample log w, detached; the step Jacobian on the space,
+    with its graph, for a bijectivity hinge: log|det| alone does not see a fold)."""
     n = x0.shape[0]
     t = torch.zeros(n, dtype=x0.dtype, device=x0.device)
     d = torch.ones(n, dtype=x0.dtype, device=x0.device)
@@ -273,8 +274,8 @@ def one_step_reverse_kl(velocity, prior, target, x0: torch.Tensor, cap: float) -
     jac = velocity.jacobian(x0, t, d, prior.space.basis(x0.dtype, x0.device)) if hasattr(velocity, "jacobian") else None
     if jac is None:
         jac = velocity_jacobian(velocity, x0, t, d, prior.space, create_graph=True)
-    eye = torch.eye(jac.shape[-1], dtype=x0.dtype, device=x0.device)
-    _, logdet = torch.linalg.slogdet(eye + jac)
+    step = torch.eye(jac.shape[-1], dtype=x0.dtype, device=x0.device) + jac
+    _, logdet = torch.linalg.slogdet(step)
     u = target.energy(x)
     log_q = prior.log_prob(x0) - logdet
-    return (regularised_energy(u, cap) + log_q).mean(), (-u - log_q).detach()
+    return (regularised_energy(u, cap) + log_q).mean(), (-u - log_q).detach(), step

@@ -16,6 +16,7 @@ from . import losses
 from .build import Experiment, build
 from .config import ExperimentConfig
 from .estimate import ess as ess_estimate, log_z as log_z_estimate
+from .jacobian import monotonicity
 from .sampler import sample
 
 CHECKPOINT = "checkpoint.pt"
@@ -150,17 +151,25 @@ class Trainer:
             total = total + cfg.jac_weight * l_jac
             logs["jac"] = l_jac.item()
         if cfg.bij_weight > 0:
-            if cfg.bij_form == "lipschitz":        # ratio ||J_r||_2 / c must stay below the bound
-                ratio = losses.step_lipschitz(student, x, t, d, exp.space, gen, cfg.bij_iterations)
-                l_bij = losses.bijectivity_penalty(ratio, cfg.bij_bound)
-                logs["bij_max"] = ratio.max().item()
-            else:                                   # lambda_min(sym J) / c must stay above the bound
-                lam = losses.step_monotonicity(student, x, t, d, exp.space, gen, cfg.bij_iterations)
-                l_bij = losses.bijectivity_penalty(-lam, -cfg.bij_bound)
-                logs["bij_min"] = lam.min().item()
-            total = total + cfg.bij_weight * l_bij
-            logs["bij"] = l_bij.item()
+            if cfg.bij_form == "lipschitz":
+                measure = losses.step_lipschitz(student, x, t, d, exp.space, gen, cfg.bij_iterations)
+            else:
+                measure = losses.step_monotonicity(student, x, t, d, exp.space, gen, cfg.bij_iterations)
+            total = total + self.bijectivity_hinge(measure, logs, "bij")
         return total
+
+    def bijectivity_hinge(self, measure: torch.Tensor, logs: dict, key: str) -> torch.Tensor:
+        """bij_weight x the linear hinge on per-sample bijectivity measures: for ``lipschitz`` the
+        ratio ||J_r||_2 / c must stay below bij_bound, for ``monotone`` lambda_min(sym J) / c above it."""
+        cfg = self.cfg
+        if cfg.bij_form == "lipschitz":
+            l_bij = losses.bijectivity_penalty(measure, cfg.bij_bound)
+            logs[key + "_max"] = measure.max().item()
+        else:
+            l_bij = losses.bijectivity_penalty(-measure, -cfg.bij_bound)
+            logs[key + "_min"] = measure.min().item()
+        logs[key] = l_bij.item()
+        return cfg.bij_weight * l_bij
 
     def one_step_kl(self, logs) -> torch.Tensor | float:
         """kl_weight x the reverse KL of the one-step map (exact log-determinant), from kl_start on;
@@ -169,10 +178,20 @@ class Trainer:
         if cfg.kl_weight <= 0 or self.state.iteration < cfg.kl_start:
             return 0.0
         z0 = exp.prior.sample(cfg.kl_batch, self.gen, dtype=exp.dtype).to(exp.device)
-        l_kl, lw = losses.one_step_reverse_kl(exp.velocity(exp.model), exp.prior, exp.target, z0, cfg.energy_cap)
+        velocity = exp.velocity(exp.model)
+        l_kl, lw, step = losses.one_step_reverse_kl(velocity, exp.prior, exp.target, z0, cfg.energy_cap)
         logs["kl"] = l_kl.item()
         logs["kl_ess"] = float(ess_estimate(lw.double().cpu().numpy(), n_boot=0).value)
-        return cfg.kl_weight * l_kl
+        total = cfg.kl_weight * l_kl
+        if cfg.bij_weight > 0:          # the KL sees log|det| only: the hinge keeps these steps from folding,
+            c = 1 + velocity.linear_rate(torch.zeros(1, dtype=step.dtype, device=step.device))   # d = 1
+            eye = torch.eye(step.shape[-1], dtype=step.dtype, device=step.device)
+            if cfg.bij_form == "lipschitz":     # exactly, from the Jacobian the KL already holds
+                measure = torch.linalg.matrix_norm(step - c * eye, ord=2) / c
+            else:
+                measure = monotonicity(step) / c
+            total = total + self.bijectivity_hinge(measure, logs, "kl_bij")
+        return total
 
     def step(self) -> dict:
         self.opt.zero_grad(set_to_none=True)

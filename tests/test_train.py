@@ -104,15 +104,17 @@ def test_one_step_reverse_kl_on_the_energy_route_uses_the_sampler_weights():
     # the energy route's one-step map (Langevin drift, linear part) through the same loss, float64:
     # per-sample log w equals the K = 1 exact-weight sampler's, and the gradient reaches the network
     from molsample import losses
+    from molsample.jacobian import monotonicity
     from molsample.sampler import integrate
     exp = build(replace(tiny(), dtype="float64"))
     g = torch.Generator().manual_seed(0)
     x0 = exp.prior.sample(16, g, dtype=torch.float64)
     velocity = exp.velocity(exp.model)
-    loss, log_w = losses.one_step_reverse_kl(velocity, exp.prior, exp.target, x0, cap=1e30)
-    x, log_q, bad, _, _ = integrate(velocity, exp.prior, x0, 1, "exact")
+    loss, log_w, step = losses.one_step_reverse_kl(velocity, exp.prior, exp.target, x0, cap=1e30)
+    x, log_q, bad, _, mono = integrate(velocity, exp.prior, x0, 1, "exact")
     u = exp.target.energy(x)
     assert int(bad.sum()) == 0
+    assert torch.allclose(monotonicity(step.detach()), mono, rtol=1e-9, atol=1e-10)   # the hinge's Jacobian
     assert torch.allclose(log_w, -u - log_q, rtol=1e-9, atol=1e-8)
     assert torch.isclose(loss, (u + log_q).mean(), rtol=1e-9)
     loss.backward()
@@ -120,16 +122,18 @@ def test_one_step_reverse_kl_on_the_energy_route_uses_the_sampler_weights():
     assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
-def test_fine_tuning_stage_starts_from_an_earlier_run_and_logs_the_one_step_kl(tmp_path):
+def test_fine_tuning_stage_starts_from_an_earlier_run_and_logs_the_one_step_kl_and_its_hinge(tmp_path):
     train(tiny(4), tmp_path / "first", progress=False)
     first = torch.load(tmp_path / "first" / CHECKPOINT, weights_only=False)
-    cfg = tiny(2, kl_weight=0.1, kl_batch=8, init_checkpoint=str(tmp_path / "first" / CHECKPOINT))
+    # a monotonicity bound no step meets: the hinge on the KL batch's exact Jacobians is active
+    cfg = tiny(2, kl_weight=0.1, kl_batch=8, init_checkpoint=str(tmp_path / "first" / CHECKPOINT),
+               bij_weight=1.0, bij_form="monotone", bij_bound=1e6)
     trainer = Trainer(build(cfg), tmp_path / "second", progress=False)
     for name, value in trainer.exp.model.state_dict().items():
         assert torch.equal(value, first["ema"][name]), name
     trainer.run()
     logs = [json.loads(line) for line in (tmp_path / "second" / "log.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["kl"]) and 0 < r["kl_ess"] <= 1 for r in logs)
+    assert all(np.isfinite(r["kl"]) and 0 < r["kl_ess"] <= 1 and r["kl_bij"] > 0 and "kl_bij_min" in r for r in logs)
 
 
 def test_keys_moved_from_data_to_train(tmp_path):
