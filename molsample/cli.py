@@ -74,7 +74,7 @@ def _cmd_train(args) -> int:
     from .config import ExperimentConfig
     from .train import train
 
-    cfg = ExperimentConfig.load(args.config)
+    cfg = ExperimentConfig.load(args.config, args.set)
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
     if args.iterations is not None:
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--seed", type=int)
     p.add_argument("--iterations", type=int, help="override train.iterations")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set train.kl_weight=0.1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 

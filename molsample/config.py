@@ -218,8 +218,26 @@ class ExperimentConfig:
         return "data" if self.data is not None else "energy"
 
     @classmethod
-    def load(cls, path) -> "ExperimentConfig":
+    def load(cls, path, overrides=()) -> "ExperimentConfig":
+        """Read a config YAML; ``overrides`` are ``section.key=value`` strings (value in YAML syntax)
+        applied before checking, so a mistyped key is an error like one in the file."""
         data = load_yaml(path)
+        for item in overrides:
+            keys, sep, value = item.partition("=")
+            if not sep or not keys or any(not k for k in keys.split(".")):
+                raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.lr=1e-4")
+            *sections, key = keys.split(".")
+            node = data
+            for name in sections:
+                if node.get(name) is None:
+                    node[name] = {}
+                node = node[name]
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {item!r}: {name!r} is not a section")
+            try:
+                node[key] = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from exc
         moved = sorted(set((data or {}).get("data") or {}) & set(MOVED_TO_TRAIN)) if isinstance(data, dict) else []
         if moved:
             raise ConfigError(f"{path}: data: key(s) {moved} belong under train: (the one-step reverse KL and "

@@ -150,9 +150,24 @@ def test_keys_moved_from_data_to_train(tmp_path):
         ExperimentConfig.load(bad)
 
 
+def test_config_overrides_are_checked_like_the_file(tmp_path):
+    cfg = ExperimentConfig.load(TINY, ["train.kl_weight=0.1", "model.hidden=8", "data.path=frames.npz", "seed=3"])
+    assert cfg.train.kl_weight == 0.1 and cfg.model.hidden == 8 and cfg.data.path == "frames.npz" and cfg.seed == 3
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['kl_wieght'\]"):
+        ExperimentConfig.load(TINY, ["train.kl_wieght=0.1"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        ExperimentConfig.load(TINY, ["train.kl_weight"])
+    with pytest.raises(ConfigError, match="'target' is not a section"):
+        ExperimentConfig.load(TINY, ["target.x=1"])
+    with pytest.raises(ConfigError, match="key 'lr'"):
+        ExperimentConfig.load(TINY, ["train.lr=fast"])
+
+
 def test_cli_train_sample_estimate(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", str(TINY), "--out", str(out), "--quiet", "--iterations", "6"]) == 0
+    assert main(["train", str(TINY), "--out", str(out), "--quiet", "--iterations", "6",
+                 "--set", "train.eval_samples=64"]) == 0
+    assert torch.load(out / CHECKPOINT, weights_only=False)["config"]["train"]["eval_samples"] == 64
     for weights in ("exact", "paper"):
         assert main(["sample", str(out / CHECKPOINT), "--n", "300", "--steps", "2", "--weights", weights,
                      "--out", str(tmp_path / f"s_{weights}.npz")]) == 0
