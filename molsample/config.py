@@ -121,7 +121,11 @@ class TrainConfig:
     ``bij_bound`` (METHOD's bound; forbids strong stretching); ``monotone``: the smallest eigenvalue of
     the symmetric part of the step Jacobian, over c, must stay above ``bij_bound`` (a monotone map is
     injective with any amount of stretching). ``bij_iterations``: power (lipschitz) or Lanczos
-    (monotone) iterations per estimate.
+    (monotone) iterations per estimate. ``bij_states``: where the hinge is evaluated: ``path``, the
+    training path's states (where self-consistency is trained), or ``flow``, the states the
+    deterministic K-step sampler itself visits (fresh prior draws advanced by t/d steps of size d
+    with the EMA model, which is what sampling uses); a coarse-K trajectory can leave the path's
+    region, and a fold there invalidates the weights of that K.
 
     ``explore_noise`` > 1 (log-variance loss only): the training paths are simulated with the
     Euler-Maruyama noise scaled by this factor (an off-policy behaviour that crosses barriers more
@@ -164,6 +168,7 @@ class TrainConfig:
     bij_form: typing.Literal["lipschitz", "monotone"] = "lipschitz"
     bij_bound: float = 0.9
     bij_iterations: int = 12
+    bij_states: typing.Literal["path", "flow"] = "path"
     kl_weight: float = 0.0
     kl_batch: int = 32
     kl_start: int = 0

@@ -16,6 +16,7 @@ from . import losses
 from .build import Experiment, build
 from .config import ExperimentConfig
 from .estimate import ess as ess_estimate, log_z as log_z_estimate
+from .flow import pf_step
 from .jacobian import monotonicity
 from .sampler import sample
 
@@ -151,12 +152,26 @@ class Trainer:
             total = total + cfg.jac_weight * l_jac
             logs["jac"] = l_jac.item()
         if cfg.bij_weight > 0:
+            xb = x if cfg.bij_states == "path" else self.flow_states(t, d)
             if cfg.bij_form == "lipschitz":
-                measure = losses.step_lipschitz(student, x, t, d, exp.space, gen, cfg.bij_iterations)
+                measure = losses.step_lipschitz(student, xb, t, d, exp.space, gen, cfg.bij_iterations)
             else:
-                measure = losses.step_monotonicity(student, x, t, d, exp.space, gen, cfg.bij_iterations)
+                measure = losses.step_monotonicity(student, xb, t, d, exp.space, gen, cfg.bij_iterations)
             total = total + self.bijectivity_hinge(measure, logs, "bij")
         return total
+
+    @torch.no_grad()
+    def flow_states(self, t: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Per row, where the deterministic sampler with step d is at time t: a fresh prior draw
+        advanced by round(t / d) steps of size d with the EMA model (the model sampling uses)."""
+        exp = self.exp
+        x = exp.prior.sample(t.shape[0], self.gen, dtype=exp.dtype).to(exp.device)
+        steps = torch.round(t / d).long()
+        velocity = exp.velocity(self.ema)
+        for k in range(int(steps.max()) if len(steps) else 0):
+            rows = (steps > k).nonzero().squeeze(1)
+            x[rows] = pf_step(velocity, x[rows], k * d[rows], d[rows])
+        return x
 
     def bijectivity_hinge(self, measure: torch.Tensor, logs: dict, key: str) -> torch.Tensor:
         """bij_weight x the linear hinge on per-sample bijectivity measures: for ``lipschitz`` the

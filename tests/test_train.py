@@ -82,14 +82,33 @@ def test_config_rejects_unknown_keys(tmp_path):
         ExperimentConfig.load(bad)
 
 
-@pytest.mark.parametrize("form", ["lipschitz", "monotone"])
-def test_bijectivity_hinge_is_trained_and_logged(tmp_path, form):
+@pytest.mark.parametrize("form,states", [("lipschitz", "path"), ("monotone", "path"), ("monotone", "flow")])
+def test_bijectivity_hinge_is_trained_and_logged(tmp_path, form, states):
     # a bound no step can meet: the hinge is active, finite and logged at every iteration
     bound = 1e-6 if form == "lipschitz" else 1e6
-    train(tiny(4, bij_weight=1.0, bij_form=form, bij_bound=bound), tmp_path, progress=False)
+    train(tiny(4, bij_weight=1.0, bij_form=form, bij_bound=bound, bij_states=states), tmp_path, progress=False)
     logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(logs) == 4 and all(np.isfinite(r["bij"]) and r["bij"] > 0 for r in logs)
     assert all(("bij_max" if form == "lipschitz" else "bij_min") in r for r in logs)
+
+
+def test_flow_states_are_where_the_deterministic_sampler_is(tmp_path):
+    # each row: a prior draw advanced by t/d steps of size d with the EMA model, vs a per-row loop
+    from molsample.flow import pf_step
+    trainer = Trainer(build(replace(tiny(), dtype="float64")), tmp_path, progress=False)
+    t = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.5, 0.0], dtype=torch.float64)
+    d = torch.tensor([1.0, 0.25, 0.25, 0.25, 0.5, 0.5], dtype=torch.float64)
+    state = trainer.gen.get_state()
+    got = trainer.flow_states(t, d)
+    trainer.gen.set_state(state)
+    x0 = trainer.exp.prior.sample(6, trainer.gen, dtype=torch.float64)
+    velocity = trainer.exp.velocity(trainer.ema)
+    for i in range(6):
+        x = x0[i:i + 1]
+        for k in range(round(float(t[i] / d[i]))):
+            x = pf_step(velocity, x, k * d[i:i + 1], d[i:i + 1])
+        assert torch.allclose(got[i], x[0], rtol=1e-12, atol=1e-12), i
+    assert torch.equal(got[0], x0[0]) and not torch.equal(got[3], x0[3])
 
 
 def test_exploration_noise_needs_the_log_variance_loss(tmp_path):
