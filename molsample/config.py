@@ -243,7 +243,7 @@ class ExperimentConfig:
                 node[key] = yaml.safe_load(value)
             except yaml.YAMLError as exc:
                 raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from exc
-        moved = sorted(set((data or {}).get("data") or {}) & set(MOVED_TO_TRAIN)) if isinstance(data, dict) else []
+        moved = sorted(set(data.get("data") or {}) & set(MOVED_TO_TRAIN))
         if moved:
             raise ConfigError(f"{path}: data: key(s) {moved} belong under train: (the one-step reverse KL and "
                               "init_checkpoint apply to both routes)")

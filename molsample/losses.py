@@ -261,7 +261,8 @@ def regularised_energy(u: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.where(u < cap, u, cap + torch.log1p(over))
 
 
-def one_step_reverse_kl(velocity, prior, target, x0: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+def one_step_reverse_kl(velocity, prior, target, x0: torch.Tensor,
+                        cap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reverse KL of the one-step map x = Phi(x0; 0, 1) = x0 + b(x0, 0, 1) to exp(-u), up to log Z:
     mean[u_reg(x) + log p0(x0) - log|det(I + Q^T J_b(x0) Q)|], with the exact, differentiable
     log-determinant (the velocity's forward-mode Jacobian when it has one, else vector-Jacobian
