@@ -95,11 +95,20 @@ def step_log_volume(velocity, x: torch.Tensor, t, d, space: Space, method: str =
     return StepVolume(dd * est / n_probes)
 
 
+def residual_ratio(step_jacobian: torch.Tensor, c: torch.Tensor | float) -> torch.Tensor:
+    """||J - c I||_2 / c per sample for a step Phi = c x + r(x) with Jacobian J on the space: the
+    measured ratio Lip(r) / c, below 1 where Phi is locally a bijection (a lower estimate of the
+    global constant). ``c``: a scalar or (B,)."""
+    eye = torch.eye(step_jacobian.shape[-1], dtype=step_jacobian.dtype, device=step_jacobian.device)
+    c = torch.as_tensor(c, dtype=step_jacobian.dtype, device=step_jacobian.device)
+    c = c.expand(step_jacobian.shape[0]) if c.dim() == 0 else c
+    return torch.linalg.matrix_norm(step_jacobian - c[:, None, None] * eye, ord=2) / c
+
+
 def direct_step_ratio(step_jacobian: torch.Tensor) -> torch.Tensor:
     """Measured bijectivity ratio ||I + d Q^T J_b Q - I||_2 = d ||Q^T J_b Q||_2 per sample of a
     step Phi = x + d b(x): Phi is a bijection when d Lip(b) < 1 (a local, lower estimate)."""
-    eye = torch.eye(step_jacobian.shape[-1], dtype=step_jacobian.dtype, device=step_jacobian.device)
-    return torch.linalg.matrix_norm(step_jacobian - eye, ord=2)
+    return residual_ratio(step_jacobian, 1.0)
 
 
 def monotonicity(step_jacobian: torch.Tensor) -> torch.Tensor:
@@ -117,8 +126,4 @@ def lipschitz_ratio(step_jacobian: torch.Tensor, sigma: torch.Tensor, beta: torc
     when (d sigma / 2) Lip(u) < 1 + d beta / 2; a ratio below 1 at every sample is the local,
     measured version of that bound (a lower estimate of the global constant).
     """
-    dof = step_jacobian.shape[-1]
-    eye = torch.eye(dof, dtype=step_jacobian.dtype, device=step_jacobian.device)
-    scale = (1 + 0.5 * d * beta)[:, None, None]
-    ju_part = step_jacobian - scale * eye                    # (d sigma / 2) Q^T J_u Q
-    return torch.linalg.matrix_norm(ju_part, ord=2) / scale[:, 0, 0]
+    return residual_ratio(step_jacobian, 1 + 0.5 * d * beta)   # J - c I = (d sigma / 2) Q^T J_u Q

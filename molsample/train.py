@@ -17,7 +17,7 @@ from .build import Experiment, build
 from .config import ExperimentConfig
 from .estimate import ess as ess_estimate, log_z as log_z_estimate
 from .flow import pf_step
-from .jacobian import monotonicity
+from .jacobian import monotonicity, residual_ratio
 from .sampler import sample
 
 CHECKPOINT = "checkpoint.pt"
@@ -200,11 +200,8 @@ class Trainer:
         total = cfg.kl_weight * l_kl
         if cfg.bij_weight > 0:          # the KL sees log|det| only: the hinge keeps these steps from folding,
             c = 1 + velocity.linear_rate(torch.zeros(1, dtype=step.dtype, device=step.device))   # d = 1
-            eye = torch.eye(step.shape[-1], dtype=step.dtype, device=step.device)
-            if cfg.bij_form == "lipschitz":     # exactly, from the Jacobian the KL already holds
-                measure = torch.linalg.matrix_norm(step - c * eye, ord=2) / c
-            else:
-                measure = monotonicity(step) / c
+            # exactly, from the Jacobian the KL already holds
+            measure = residual_ratio(step, c) if cfg.bij_form == "lipschitz" else monotonicity(step) / c
             total = total + self.bijectivity_hinge(measure, logs, "kl_bij")
         return total
 
