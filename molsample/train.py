@@ -95,9 +95,11 @@ class Trainer:
         if not path.is_file():
             return False
         ckpt = torch.load(path, map_location=self.exp.device, weights_only=False)
-        if saved_config(ckpt, path).to_dict() != self.exp.config.to_dict():     # keys added since: defaults
-            raise ValueError(f"{path}: the checkpoint was written with a different config; "
-                             "use another --out directory or the same config")
+        saved, current = saved_config(ckpt, path).to_dict(), self.exp.config.to_dict()   # keys added since: defaults
+        saved["train"]["iterations"] = current["train"]["iterations"]      # a run may be extended (or cut short)
+        if saved != current:
+            raise ValueError(f"{path}: the checkpoint was written with a different config; use another --out "
+                             "directory or the same config (only train.iterations may change on --resume)")
         self.exp.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.opt.load_state_dict(ckpt["optimizer"])
