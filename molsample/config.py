@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def from_dict(cls, data: dict, where: str):
     return cls(**out)
 
 
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_type(value, hint, where: str):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -63,6 +67,8 @@ def _check_type(value, hint, where: str):
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+        return float(value)         # YAML 1.1 reads 1e-4 and 1.0e6 (no dot or no sign) as strings
     if hint in (int, str, bool) and type(value) is hint:
         return value
     if origin in (tuple, list) and isinstance(value, (list, tuple)):
@@ -127,6 +133,11 @@ class TrainConfig:
     with the EMA model, which is what sampling uses); a coarse-K trajectory can leave the path's
     region, and a fold there invalidates the weights of that K.
 
+    ``sd_states``: where self-consistency, volume consistency and the Jacobian penalty are trained:
+    ``path``, the training path's states (the energy route's SDE paths, which ``explore_noise`` > 1
+    widens; the data route's interpolants), or ``flow``, the deterministic sampler's own states as
+    for ``bij_states`` (then the hinge is evaluated there too).
+
     ``explore_noise`` > 1 (log-variance loss only): the training paths are simulated with the
     Euler-Maruyama noise scaled by this factor (an off-policy behaviour that crosses barriers more
     often); the log-variance loss re-evaluates the model's own kernels on them, so its minimiser is
@@ -169,6 +180,7 @@ class TrainConfig:
     bij_bound: float = 0.9
     bij_iterations: int = 12
     bij_states: typing.Literal["path", "flow"] = "path"
+    sd_states: typing.Literal["path", "flow"] = "path"
     kl_weight: float = 0.0
     kl_batch: int = 32
     kl_start: int = 0

@@ -126,17 +126,19 @@ class Trainer:
         if (cfg.sd_weight > 0 or cfg.vol_weight > 0) and self.state.iteration >= cfg.sd_start:
             m = cfg.sd_batch
             t, d, index = losses.sample_big_steps(m, cfg.n_base, gen)
-            rows = torch.arange(m) % cfg.batch
-            x = path.states[index, rows]
             t, d = t.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
+            if cfg.sd_states == "flow":
+                x = self.flow_states(t, d)
+            else:
+                x = path.states[index, torch.arange(m) % cfg.batch]
             total = total + self.consistency_losses(x, t, d, model, logs)
         total = total + self.one_step_kl(logs)
         logs["loss"] = total.item()
         return total, logs
 
     def consistency_losses(self, x, t, d, model, logs) -> torch.Tensor:
-        """Self-consistency, volume consistency and Jacobian penalty from states x at times t with
-        big steps d (both routes)."""
+        """Self-consistency, volume consistency, Jacobian penalty and bijectivity hinge from states x
+        at times t with big steps d (both routes)."""
         exp, cfg, gen = self.exp, self.cfg, self.gen
         student, teacher = exp.velocity(model), exp.velocity(self.ema)
         l_sd, x_mid = losses.self_consistency(student, teacher, x, t, d)
@@ -154,7 +156,7 @@ class Trainer:
             total = total + cfg.jac_weight * l_jac
             logs["jac"] = l_jac.item()
         if cfg.bij_weight > 0:
-            xb = x if cfg.bij_states == "path" else self.flow_states(t, d)
+            xb = x if cfg.bij_states == "path" or cfg.sd_states == "flow" else self.flow_states(t, d)
             if cfg.bij_form == "lipschitz":
                 measure = losses.step_lipschitz(student, xb, t, d, exp.space, gen, cfg.bij_iterations)
             else:
@@ -302,7 +304,7 @@ class DataTrainer(Trainer):
             m = min(cfg.sd_batch, cfg.batch)
             ts, d, _ = losses.sample_big_steps(m, cfg.n_base, gen)
             ts, d = ts.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
-            x = losses.interpolate(x0[:m], x1[:m], ts)
+            x = self.flow_states(ts, d) if cfg.sd_states == "flow" else losses.interpolate(x0[:m], x1[:m], ts)
             total = total + self.consistency_losses(x, ts, d, exp.model, logs)
         total = total + self.one_step_kl(logs)
         logs["loss"] = total.item()

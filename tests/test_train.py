@@ -8,7 +8,7 @@ import torch
 
 from molsample.cli import main
 from molsample.config import ConfigError, ExperimentConfig
-from molsample.train import CHECKPOINT, Trainer, TrainingDiverged, build, load_checkpoint, train
+from molsample.train import CHECKPOINT, Trainer, TrainingDiverged, build, load_checkpoint, make_trainer, train
 
 from conftest import ROOT
 
@@ -178,6 +178,13 @@ def test_config_overrides_are_checked_like_the_file(tmp_path):
         ExperimentConfig.load(TINY, ["target.x=1"])
     with pytest.raises(ConfigError, match="key 'lr'"):
         ExperimentConfig.load(TINY, ["train.lr=fast"])
+    # YAML 1.1 reads exponents without a dot or sign as strings; a float key takes them as numbers
+    for text, value in [("1e-4", 1e-4), ("1.0e6", 1e6), ("2E+3", 2e3), ("-.5e1", -5.0)]:
+        assert ExperimentConfig.load(TINY, [f"train.lr={text}"]).train.lr == value
+    with pytest.raises(ConfigError, match="key 'lr'"):
+        ExperimentConfig.load(TINY, ["train.lr=1e"])
+    with pytest.raises(ConfigError, match="key 'batch'"):
+        ExperimentConfig.load(TINY, ["train.batch=1e3"])                # an int key stays strict
 
 
 def test_cli_train_sample_estimate(tmp_path, capsys):
@@ -197,3 +204,21 @@ def test_cli_train_sample_estimate(tmp_path, capsys):
     assert 0 <= res["fraction_monotone"] <= 1
     assert abs(res["delta_log_z"] - res["log_z"]["value"]) < 1e-12   # gmm40 has log Z = 0
     assert main(["train", str(TINY), "--out", str(out), "--quiet"]) == 2          # exists, no --resume
+
+
+@pytest.mark.parametrize("config", ["tiny-gmm.yaml", "tiny-aldp-data.yaml"])
+def test_self_consistency_can_be_trained_at_the_samplers_states(tmp_path, config):
+    # sd_states: flow: every consistency loss and the hinge see the flow states, drawn once per iteration
+    cfg = ExperimentConfig.load(ROOT / "configs" / config,
+                                ["train.sd_start=0", "train.sd_states=flow", "train.bij_weight=1.0",
+                                 "train.bij_form=monotone", "train.bij_bound=1e6", "train.bij_states=flow"])
+    trainer = make_trainer(build(cfg), tmp_path, progress=False)
+    drawn, seen = [], []
+    real_states, real_losses = trainer.flow_states, trainer.consistency_losses
+    trainer.flow_states = lambda t, d: drawn.append(real_states(t, d)) or drawn[-1]
+    trainer.consistency_losses = lambda x, *rest: seen.append(x) or real_losses(x, *rest)
+    logs = trainer.step()
+    assert len(drawn) == 1 and len(seen) == 1 and seen[0] is drawn[0]
+    assert np.isfinite(logs["sd"]) and logs["bij"] > 0
+    trainer.step()
+    assert len(drawn) == 2 and not torch.equal(drawn[0], drawn[1])      # fresh prior draws each iteration
