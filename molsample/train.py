@@ -108,7 +108,8 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ one iteration
-    def losses(self) -> tuple[torch.Tensor, dict]:
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(base loss, distillation terms, logs) of one iteration; the optimiser minimises their sum."""
         exp, cfg, gen = self.exp, self.cfg, self.gen
         model = exp.model
         path = losses.simulate_path(model, exp.schedule, exp.prior, exp.target, cfg.batch, cfg.n_base, gen,
@@ -122,7 +123,7 @@ class Trainer:
         if cfg.explore_noise == 1.0:        # on-policy paths: their log w give the ELBO and the path ESS
             logs.update(elbo=path.log_w.mean().item(),
                         path_ess=float(ess_estimate(path.log_w.detach().cpu().numpy(), n_boot=0).value))
-        total = l_diff
+        rest = torch.zeros((), dtype=exp.dtype, device=exp.device)
         if (cfg.sd_weight > 0 or cfg.vol_weight > 0) and self.state.iteration >= cfg.sd_start:
             m = cfg.sd_batch
             t, d, index = losses.sample_big_steps(m, cfg.n_base, gen)
@@ -131,10 +132,10 @@ class Trainer:
                 x = self.flow_states(t, d)
             else:
                 x = path.states[index, torch.arange(m) % cfg.batch]
-            total = total + self.consistency_losses(x, t, d, model, logs)
-        total = total + self.one_step_kl(logs)
-        logs["loss"] = total.item()
-        return total, logs
+            rest = rest + self.consistency_losses(x, t, d, model, logs)
+        rest = rest + self.one_step_kl(logs)
+        logs["loss"] = (l_diff + rest).item()
+        return l_diff, rest, logs
 
     def consistency_losses(self, x, t, d, model, logs) -> torch.Tensor:
         """Self-consistency, volume consistency, Jacobian penalty and bijectivity hinge from states x
@@ -209,12 +210,35 @@ class Trainer:
             total = total + self.bijectivity_hinge(measure, logs, "kl_bij")
         return total
 
+    def clipped_sum_of_gradients(self, parts, names, logs) -> bool:
+        """Set .grad to the sum of each part's gradient clipped to norm grad_clip (clip_per_loss);
+        logs each part's norm before clipping. False if any norm is not finite."""
+        params = [p for p in self.exp.model.parameters() if p.requires_grad]
+        total = [torch.zeros_like(p) for p in params]
+        ok = True
+        for part, name in zip(parts, names):
+            if not part.requires_grad:
+                continue
+            grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            logs[name] = norm.item()
+            ok = ok and bool(torch.isfinite(norm))
+            scale = torch.clamp(self.cfg.grad_clip / (norm + 1e-6), max=1.0)
+            for acc, g in zip(total, grads):
+                acc.add_(g * scale)
+        for p, g in zip(params, total):
+            p.grad = g
+        return ok
+
     def step(self) -> dict:
         self.opt.zero_grad(set_to_none=True)
-        total, logs = self.losses()
+        base, rest, logs = self.losses()
         grads_ok = math.isfinite(logs["loss"])
-        if grads_ok:
-            total.backward()
+        if grads_ok and self.cfg.clip_per_loss:
+            grads_ok = self.clipped_sum_of_gradients((base, rest), ("grad_base", "grad_rest"), logs)
+        elif grads_ok:
+            (base + rest).backward()
             norm = torch.nn.utils.clip_grad_norm_(self.exp.model.parameters(), self.cfg.grad_clip)
             grads_ok = bool(torch.isfinite(norm))
         if not grads_ok:
@@ -290,7 +314,7 @@ class DataTrainer(Trainer):
         x, lw = load_frames(dc.path, exp.target)
         self.frames = FrameSampler(x, lw, exp.space, dc.weight_power, dc.mirror, exp.dtype, exp.device)
 
-    def losses(self) -> tuple[torch.Tensor, dict]:
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
         exp, cfg, gen, dc = self.exp, self.cfg, self.gen, self.exp.config.data
         x1 = self.frames.sample(cfg.batch, gen)
         x0 = exp.prior.sample(cfg.batch, gen, dtype=exp.dtype).to(exp.device)
@@ -298,17 +322,18 @@ class DataTrainer(Trainer):
             x0 = losses.ot_coupling(x0, x1)
         t = torch.rand(cfg.batch, generator=gen, dtype=torch.float64).to(exp.dtype).to(exp.device)
         l_fm = losses.flow_matching_loss(exp.velocity(), x0, x1, t, 1.0 / cfg.n_base) / exp.schedule.s0**2
-        total = dc.fm_weight * l_fm
+        base = dc.fm_weight * l_fm
+        rest = torch.zeros((), dtype=exp.dtype, device=exp.device)
         logs = {"fm": l_fm.item()}
         if (cfg.sd_weight > 0 or cfg.vol_weight > 0) and self.state.iteration >= cfg.sd_start:
             m = min(cfg.sd_batch, cfg.batch)
             ts, d, _ = losses.sample_big_steps(m, cfg.n_base, gen)
             ts, d = ts.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
             x = self.flow_states(ts, d) if cfg.sd_states == "flow" else losses.interpolate(x0[:m], x1[:m], ts)
-            total = total + self.consistency_losses(x, ts, d, exp.model, logs)
-        total = total + self.one_step_kl(logs)
-        logs["loss"] = total.item()
-        return total, logs
+            rest = rest + self.consistency_losses(x, ts, d, exp.model, logs)
+        rest = rest + self.one_step_kl(logs)
+        logs["loss"] = (base + rest).item()
+        return base, rest, logs
 
 
 def make_trainer(exp: Experiment, out_dir: str | Path, progress: bool = True) -> Trainer:

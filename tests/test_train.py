@@ -56,10 +56,10 @@ def test_non_finite_losses_are_skipped_counted_and_stop_the_run(tmp_path, monkey
 
     def flaky():
         calls["n"] += 1
-        total, logs = real()
+        base, rest, logs = real()
         if calls["n"] in (2, 3) or calls["n"] >= 6:
-            return total * float("nan"), {**logs, "loss": float("nan")}
-        return total, logs
+            return base * float("nan"), rest, {**logs, "loss": float("nan")}
+        return base, rest, logs
 
     monkeypatch.setattr(trainer, "losses", flaky)
     before = {k: v.clone() for k, v in trainer.exp.model.state_dict().items()}
@@ -222,3 +222,28 @@ def test_self_consistency_can_be_trained_at_the_samplers_states(tmp_path, config
     assert np.isfinite(logs["sd"]) and logs["bij"] > 0
     trainer.step()
     assert len(drawn) == 2 and not torch.equal(drawn[0], drawn[1])      # fresh prior draws each iteration
+
+
+def test_per_loss_clipping_adds_the_separately_clipped_gradients(tmp_path):
+    # clip_per_loss: .grad = clip(grad base) + clip(grad distillation), each to norm grad_clip
+    trainer = Trainer(build(tiny(4, sd_start=0, sd_ramp=1, clip_per_loss=True, grad_clip=1e-3)), tmp_path,
+                      progress=False)
+    params = list(trainer.exp.model.parameters())
+    base, rest, logs = trainer.losses()
+    expected = [torch.zeros_like(p) for p in params]
+    for part, name in ((base, "grad_base"), (rest, "grad_rest")):
+        grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        assert norm > 1e-3
+        for e, g in zip(expected, grads):
+            e += g * (1e-3 / norm)
+        got = {}
+        trainer.clipped_sum_of_gradients((part,), (name,), got)
+        assert abs(got[name] - norm) < 1e-5 * norm
+    assert trainer.clipped_sum_of_gradients((base, rest), ("grad_base", "grad_rest"), logs)
+    for p, e in zip(params, expected):
+        assert torch.allclose(p.grad, e, rtol=1e-4, atol=1e-9)
+    state = train(tiny(4, sd_start=0, clip_per_loss=True), tmp_path / "run", progress=False)
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert state.iteration == 4 and all(r["grad_base"] > 0 and r["grad_rest"] > 0 for r in logs)
