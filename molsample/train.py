@@ -211,22 +211,26 @@ class Trainer:
         return total
 
     def clipped_sum_of_gradients(self, parts, names, logs) -> bool:
-        """Set .grad to the sum of each part's gradient clipped to norm grad_clip (clip_per_loss);
-        logs each part's norm before clipping. False if any norm is not finite."""
+        """Set .grad to the sum of each part's gradient, clipped to norm grad_clip by
+        clip_grad_norm_ (one part: the joint clip; base and distillation parts: clip_per_loss).
+        Logs each part's norm before clipping under its name (None: not logged). False if any norm
+        is not finite."""
         params = [p for p in self.exp.model.parameters() if p.requires_grad]
         total = [torch.zeros_like(p) for p in params]
         ok = True
         for part, name in zip(parts, names):
             if not part.requires_grad:
                 continue
-            grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-            logs[name] = norm.item()
+            for p in params:
+                p.grad = None
+            part.backward(retain_graph=True)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            if name:
+                logs[name] = norm.item()
             ok = ok and bool(torch.isfinite(norm))
-            scale = torch.clamp(self.cfg.grad_clip / (norm + 1e-6), max=1.0)
-            for acc, g in zip(total, grads):
-                acc.add_(g * scale)
+            for acc, p in zip(total, params):
+                if p.grad is not None:
+                    acc.add_(p.grad)
         for p, g in zip(params, total):
             p.grad = g
         return ok
@@ -234,13 +238,11 @@ class Trainer:
     def step(self) -> dict:
         self.opt.zero_grad(set_to_none=True)
         base, rest, logs = self.losses()
-        grads_ok = math.isfinite(logs["loss"])
-        if grads_ok and self.cfg.clip_per_loss:
-            grads_ok = self.clipped_sum_of_gradients((base, rest), ("grad_base", "grad_rest"), logs)
-        elif grads_ok:
-            (base + rest).backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.exp.model.parameters(), self.cfg.grad_clip)
-            grads_ok = bool(torch.isfinite(norm))
+        if self.cfg.clip_per_loss:
+            parts, names = (base, rest), ("grad_base", "grad_rest")
+        else:
+            parts, names = (base + rest,), (None,)
+        grads_ok = math.isfinite(logs["loss"]) and self.clipped_sum_of_gradients(parts, names, logs)
         if not grads_ok:
             self.state.nonfinite_total += 1
             self.state.nonfinite_run += 1
