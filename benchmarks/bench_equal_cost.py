@@ -1,0 +1,92 @@
+"""K-step deterministic sampling vs the model's own N_base-step SDE at EQUAL network evaluations.
+
+    python benchmarks/bench_equal_cost.py CHECKPOINT [--sde-n 4096] [--repeats 5] [--steps 1 2 4 8]
+
+The SDE draws --sde-n paths of N_base steps (sde_n * N_base network evaluations). Each K-step
+deterministic sampler gets the same number of evaluations: n_K = sde_n * N_base / K samples, all
+with exact weights (the weights cost K exact Jacobians per sample on top, so wall time is shown
+too). Every configuration is repeated with --repeats independent seeds: with heavy-tailed weights
+a bootstrap error from one run can be too small, so the spread over repeats is the error that
+counts. Columns: mean signed log Z_hat - log Z +- its standard deviation over repeats, the RMS
+error over repeats, the median bootstrap error of one run, mean Kish ESS, samples with det <= 0
+(all repeats), and sampling wall seconds per repeat. Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+from molsample.estimate import ess, log_z
+from molsample.losses import simulate_path
+from molsample.sampler import sample
+from molsample.train import load_checkpoint
+
+
+def summarise(label: str, n: int, errors, stderrs, esss, n_bad, seconds) -> str:
+    e = np.asarray(errors)
+    spread = e.std(ddof=1) if len(e) > 1 else float("nan")
+    return (f"| {label} | {n:,} | {e.mean():+.3f} +- {spread:.3f} | {np.sqrt(np.mean(e**2)):.3f} | "
+            f"{np.median(stderrs):.3f} | {np.mean(esss):.5f} | {n_bad} | {np.mean(seconds):.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--sde-n", type=int, default=4096, help="SDE paths; sets the evaluation budget")
+    ap.add_argument("--repeats", type=int, default=5, help="independent seeds per configuration")
+    ap.add_argument("--steps", type=int, nargs="+", default=None, help="K values (default 1, 2, 4, ... N_base)")
+    ap.add_argument("--batch", type=int, default=8192)
+    args = ap.parse_args()
+    if args.repeats < 2:
+        raise SystemExit("--repeats must be at least 2 (the spread over repeats is the error)")
+    exp, ckpt = load_checkpoint(args.checkpoint)
+    target, n_base = exp.target, exp.config.train.n_base
+    if target.log_z is None:
+        raise SystemExit(f"target {target.name!r} has no exact log Z to compare with")
+    steps = args.steps or [2**j for j in range(int(np.log2(n_base)) + 1)]
+    bad = [k for k in steps if n_base % k]
+    if bad:
+        raise SystemExit(f"K must divide N_base = {n_base}; got {bad}")
+    budget = args.sde_n * n_base
+    print(f"# {target.name}: {args.checkpoint}, trained {ckpt['state']['iteration']} iterations, "
+          f"{ckpt['state']['cpu_seconds'] / 60:.1f} CPU-min | {budget:,} network evaluations per estimate | "
+          f"{args.repeats} seeds | torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.machine()} | {time.strftime('%Y-%m-%d')}")
+    print("| sampler | samples | log Z_hat - log Z (mean +- sd over seeds) | RMS error | bootstrap error (median) | "
+          "ESS | det<=0 | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in steps:
+        n = budget // k
+        errs, ses, esss, n_bad, secs = [], [], [], 0, []
+        for r in range(args.repeats):
+            gen = torch.Generator().manual_seed(1000 + r)
+            s = sample(exp.velocity(), exp.prior, target, n, k, "exact", gen, batch_size=args.batch,
+                       dtype=exp.dtype, schedule=exp.schedule if exp.route == "energy" else None)
+            lw = s.log_w.double().numpy()
+            lz = log_z(lw, rng=np.random.default_rng(r))
+            errs.append(lz.value - target.log_z), ses.append(lz.stderr)
+            esss.append(ess(lw, n_boot=0).value), secs.append(s.seconds)
+            n_bad += s.n_nonpositive_det
+        print(summarise(f"K = {k}, exact weights", n, errs, ses, esss, n_bad, secs), flush=True)
+    if exp.route != "energy":
+        return
+    errs, ses, esss, secs = [], [], [], []
+    for r in range(args.repeats):
+        gen = torch.Generator().manual_seed(1000 + r)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            path = simulate_path(exp.model, exp.schedule, exp.prior, target, args.sde_n, n_base, gen, exp.dtype,
+                                 differentiable=False)
+        secs.append(time.perf_counter() - t0)
+        lw = path.log_w.double().numpy()
+        lz = log_z(lw, rng=np.random.default_rng(r))
+        errs.append(lz.value - target.log_z), ses.append(lz.stderr), esss.append(ess(lw, n_boot=0).value)
+    print(summarise(f"{n_base}-step SDE, path weights", args.sde_n, errs, ses, esss, 0, secs))
+
+
+if __name__ == "__main__":
+    main()
