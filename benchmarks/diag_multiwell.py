@@ -13,7 +13,10 @@ and exact samples of the target:
   the K-step and N_base-step endpoints, and the spread of their differences in log q and in
   log p~. If log p~ differs far more than log q, the K-step weights are wrong because the map
   puts points elsewhere (position), not because its volume is wrong;
-- a histogram of the first coordinate (counts per bin).
+- a histogram of the first coordinate (counts per bin);
+- the self-consistency residual per distillation level: for each step size d = 1, 1/2, ... 2/N_base, the
+  mean squared difference per coordinate between one step of size d and two half steps, at the states
+  the d-step sampler visits (what `sd_states: flow` trains), averaged over those states.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ import numpy as np
 import torch
 
 from molsample.estimate import ess
-from molsample.losses import simulate_path
+from molsample.flow import pf_step
+from molsample.losses import self_consistency, simulate_path
 from molsample.sampler import integrate
 from molsample.targets.analytic import MultiWell
 from molsample.train import load_checkpoint
@@ -97,6 +101,18 @@ def main() -> None:
     print(f"\nhistogram of x_1 on [{bins[0]:g}, {bins[-1]:g}], {len(bins) - 1} bins:")
     for name, h in hist_rows:
         print(f"    {name:>14s}: " + " ".join(f"{c:4d}" for c in h))
+    velocity = exp.velocity()
+    print("\nself-consistency residual (one step vs two half steps, mean square per coordinate):")
+    d_levels = [2.0**-j for j in range(int(math.log2(n_base)))]
+    for d in d_levels:
+        x, res = x0, []
+        with torch.no_grad():
+            for k in range(round(1 / d)):
+                t = torch.tensor(k * d, dtype=x.dtype)
+                loss, _ = self_consistency(velocity, velocity, x, t, torch.tensor(d, dtype=x.dtype))
+                res.append(loss.item())
+                x = pf_step(velocity, x, t, d)
+        print(f"    d = 1/{round(1 / d)}: {np.mean(res):.4f} (largest over the {len(res)} states {max(res):.4f})")
 
 
 if __name__ == "__main__":
