@@ -1,6 +1,6 @@
 """Where the samples of a multi-well model sit, and where its one-step weights go wrong.
 
-    python benchmarks/diag_multiwell.py CHECKPOINT [--n 8192] [--steps 1 2 8 32]
+    python benchmarks/diag_multiwell.py CHECKPOINT [--n 8192] [--steps 1 2 8] [--off 0.5]
 
 For SCDS's multi-well targets (mw54, mw52: log p~ = -(x_i^2 - s)^2 on the first n_dw coordinates,
 wells at +-sqrt(s)) this prints, for the K-step deterministic samplers, the model's N_base-step SDE
@@ -66,9 +66,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     gen = torch.Generator().manual_seed(args.seed)
     x0 = exp.prior.sample(args.n, gen, dtype=exp.dtype)
+    velocity = exp.velocity()
     runs = {}
     for k in sorted(set(args.steps) | {n_base}):
-        x, log_q, _, _, _ = integrate(exp.velocity(), exp.prior, x0, k, "exact", gen, exp.schedule)
+        x, log_q, _, _, _ = integrate(velocity, exp.prior, x0, k, "exact", gen, exp.schedule)
         log_p = -target.energy(x).detach()
         runs[k] = (x, log_q.detach(), log_p)
     xr, qr, pr = runs[n_base]
@@ -101,10 +102,8 @@ def main() -> None:
     print(f"\nhistogram of x_1 on [{bins[0]:g}, {bins[-1]:g}], {len(bins) - 1} bins:")
     for name, h in hist_rows:
         print(f"    {name:>14s}: " + " ".join(f"{c:4d}" for c in h))
-    velocity = exp.velocity()
     print("\nself-consistency residual (one step vs two half steps, mean square per coordinate):")
-    d_levels = [2.0**-j for j in range(int(math.log2(n_base)))]
-    for d in d_levels:
+    for d in (2.0**-j for j in range(int(math.log2(n_base)))):
         x, res = x0, []
         with torch.no_grad():
             for k in range(round(1 / d)):
