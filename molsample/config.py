@@ -157,6 +157,11 @@ class TrainConfig:
     gradient. Reverse KL alone is mode-seeking: the diffusion / flow-matching and self-consistency
     losses continue beside it. ``init_checkpoint``: start from the EMA weights of an earlier run
     (e.g. a fine-tuning stage after a full training).
+
+    ``lr_schedule: cosine``: the learning rate stays at ``lr`` until iteration ``lr_decay_start``,
+    then follows a half cosine down to ``lr_final`` at ``iterations`` (a function of the iteration
+    alone, so ``--resume`` continues it exactly; extending a run with ``--iterations`` stretches the
+    remaining decay). ``constant`` (default): ``lr`` throughout.
     """
 
     def __post_init__(self):
@@ -165,10 +170,17 @@ class TrainConfig:
                               "(the reverse KL must be taken on the model's own paths)")
         if self.explore_noise <= 0:
             raise ConfigError(f"train: explore_noise must be positive, got {self.explore_noise}")
+        if self.lr_schedule == "cosine" and not (0 <= self.lr_final <= self.lr):
+            raise ConfigError(f"train: lr_final = {self.lr_final} must lie in [0, lr = {self.lr}]")
+        if self.lr_decay_start < 0:
+            raise ConfigError(f"train: lr_decay_start must be >= 0, got {self.lr_decay_start}")
     n_base: int = 32
     batch: int = 256
     iterations: int = 1000
     lr: float = 5e-4
+    lr_schedule: typing.Literal["constant", "cosine"] = "constant"
+    lr_decay_start: int = 0
+    lr_final: float = 0.0
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     clip_per_loss: bool = False

@@ -42,6 +42,15 @@ class TrainState:
     cpu_seconds: float = 0.0
 
 
+def learning_rate(cfg, iteration: int) -> float:
+    """The learning rate of iteration ``iteration`` (0-based) under ``cfg.lr_schedule``."""
+    if cfg.lr_schedule == "constant" or iteration < cfg.lr_decay_start:
+        return cfg.lr
+    span = max(cfg.iterations - cfg.lr_decay_start, 1)
+    progress = min(1.0, (iteration - cfg.lr_decay_start) / span)
+    return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1.0 + math.cos(math.pi * progress))
+
+
 def saved_config(ckpt: dict, path) -> ExperimentConfig:
     """The config stored in a checkpoint, checked, with defaults for keys added after it was written."""
     return ExperimentConfig.from_saved(ckpt["config"], f"{path}: config")
@@ -252,6 +261,11 @@ class Trainer:
             logs["skipped"] = True
         else:
             self.state.nonfinite_run = 0
+            lr = learning_rate(self.cfg, self.state.iteration)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            if self.cfg.lr_schedule != "constant":
+                logs["lr"] = lr
             self.opt.step()
             with torch.no_grad():
                 for pe, pm in zip(self.ema.parameters(), self.exp.model.parameters()):

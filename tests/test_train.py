@@ -8,7 +8,8 @@ import torch
 
 from molsample.cli import main
 from molsample.config import ConfigError, ExperimentConfig
-from molsample.train import CHECKPOINT, Trainer, TrainingDiverged, build, load_checkpoint, make_trainer, train
+from molsample.train import (CHECKPOINT, Trainer, TrainingDiverged, build, learning_rate, load_checkpoint,
+                             make_trainer, train)
 
 from conftest import ROOT
 
@@ -41,6 +42,39 @@ def test_resume_continues_bit_for_bit(tmp_path):
         assert torch.equal(a["model"][name], b["model"][name]), name
     assert a["state"]["iteration"] == b["state"]["iteration"] == 8
     assert b["config"]["train"]["iterations"] == 8                     # the checkpoint records the new length
+
+
+def test_cosine_learning_rate_decays_and_resumes_after_a_kill(tmp_path):
+    cfg = tiny(8, lr_schedule="cosine", lr_decay_start=4, lr_final=1e-5)
+    lr, final = cfg.train.lr, cfg.train.lr_final
+    values = [learning_rate(cfg.train, i) for i in range(9)]
+    assert values[:5] == [lr] * 5                                       # flat until lr_decay_start
+    assert values[6] == pytest.approx((lr + final) / 2)                 # half-way through the half cosine
+    assert values[8] == pytest.approx(final) and all(a > b for a, b in zip(values[4:], values[5:]))
+    assert learning_rate(tiny(8).train, 7) == tiny(8).train.lr          # default: constant
+    with pytest.raises(ConfigError, match="lr_final"):
+        tiny(8, lr_schedule="cosine", lr_final=1.0)
+
+    train(cfg, tmp_path / "straight", progress=False)
+    logged = [json.loads(line)["lr"] for line in open(tmp_path / "straight" / "log.jsonl")]
+    assert logged == pytest.approx(values[:8])                          # what the optimiser used
+
+    killed = Trainer(build(cfg), tmp_path / "split", progress=False)    # killed at iteration 6: last checkpoint at 4
+    real = killed.step
+
+    def step():
+        if killed.state.iteration == 6:
+            raise KeyboardInterrupt
+        return real()
+    killed.step = step
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    train(cfg, tmp_path / "split", progress=False, resume=True)
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
+    b = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(values[7])
 
 
 def test_existing_checkpoint_without_resume_is_an_error(tmp_path):
