@@ -17,12 +17,12 @@ deterministic maps with exact weights, and the model's N_base-step SDE with path
 from __future__ import annotations
 
 import argparse
-import math
+from statistics import NormalDist
 
 import numpy as np
 import torch
 
-from molsample.estimate import ess, log_z
+from molsample.estimate import ess, log_z, snis
 from molsample.losses import simulate_path
 from molsample.sampler import sample
 from molsample.targets.analytic import Funnel
@@ -39,27 +39,21 @@ def weighted_quantiles(v: np.ndarray, log_w: np.ndarray, qs) -> np.ndarray:
     return v[order][np.minimum(np.searchsorted(cw, qs), len(v) - 1)]
 
 
-def normal_cdf(z: float) -> float:
-    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
-
-
-def report(label: str, x0: np.ndarray, log_w: np.ndarray, scale: float, exact_log_z: float) -> None:
-    w = np.exp(log_w - log_w.max())
-    w /= w.sum()
+def report(label: str, x0: np.ndarray, log_w: np.ndarray, cut: float, exact_log_z: float) -> None:
     lz = log_z(log_w, n_boot=0).value
-    cut = 2.0 * scale / 3.0
     raw_q = np.quantile(x0, QUANTILES)
     rew_q = weighted_quantiles(x0, log_w, QUANTILES)
     print(f"| {label} | " + " | ".join(f"{a:+.2f} / {b:+.2f}" for a, b in zip(raw_q, rew_q)) + " | "
-          + " | ".join(_region(x0, log_w, w, lz, m) for m in (x0 < -cut, x0 > cut))
+          + " | ".join(_region(log_w, lz, m) for m in (x0 < -cut, x0 > cut))
           + f" | {ess(log_w, n_boot=0).value:.4f} | {lz - exact_log_z:+.3f} |")
 
 
-def _region(x0, log_w, w, lz, mask) -> str:
+def _region(log_w, lz, mask) -> str:
+    """Raw share / reweighted share (log mean weight in the region - log Z_hat)."""
     if not mask.any():
         return "0 samples"
-    lm = float(np.log(np.mean(np.exp(log_w[mask] - log_w.max()))) + log_w.max())
-    return f"{mask.mean():.3f} / {w[mask].sum():.3f} ({lm - lz:+.2f})"
+    share = snis(log_w, mask, n_boot=0).value
+    return f"{mask.mean():.3f} / {share:.3f} ({log_z(log_w[mask], n_boot=0).value - lz:+.2f})"
 
 
 def main() -> None:
@@ -75,11 +69,10 @@ def main() -> None:
         raise SystemExit(f"target {target.name!r} is not a funnel")
     if exp.route != "energy":
         raise SystemExit("this diagnostic needs an energy-route checkpoint (it runs the model's SDE)")
-    scale = float(target.scale)
-    cut = 2.0 * scale / 3.0
-    exact_q = [scale * float(np.sqrt(2.0)) * float(torch.erfinv(torch.tensor(2 * q - 1.0, dtype=torch.float64)))
-               for q in QUANTILES]
-    tail = 1.0 - normal_cdf(cut / scale)
+    law = NormalDist(0.0, float(target.scale))     # the exact marginal of x_0
+    cut = 2.0 * law.stdev / 3.0
+    exact_q = [law.inv_cdf(q) for q in QUANTILES]
+    tail = law.cdf(-cut)
     print(f"# {target.name}: {args.checkpoint}, {ckpt['state']['iteration']} iterations, "
           f"{ckpt['state']['cpu_seconds'] / 60:.1f} CPU-min; n = {args.n}; seed {args.seed}")
     print(f"# x_0 quantiles raw / reweighted (exact: " + ", ".join(f"{q}: {v:+.2f}" for q, v in zip(QUANTILES, exact_q))
@@ -91,12 +84,12 @@ def main() -> None:
         gen = torch.Generator().manual_seed(args.seed)
         s = sample(exp.velocity(), exp.prior, target, args.n, k, "exact", gen, dtype=exp.dtype,
                    schedule=exp.schedule)
-        report(f"K = {k}", s.x[:, 0].double().numpy(), s.log_w.double().numpy(), scale, target.log_z)
+        report(f"K = {k}", s.x[:, 0].double().numpy(), s.log_w.double().numpy(), cut, target.log_z)
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         path = simulate_path(exp.model, exp.schedule, exp.prior, target, args.n, n_base, gen, exp.dtype,
                              differentiable=False)
-    report(f"{n_base}-step SDE", path.states[-1][:, 0].double().numpy(), path.log_w.double().numpy(), scale,
+    report(f"{n_base}-step SDE", path.states[-1][:, 0].double().numpy(), path.log_w.double().numpy(), cut,
            target.log_z)
 
 
