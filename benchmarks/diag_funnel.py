@@ -13,6 +13,12 @@ deterministic maps with exact weights, and the model's N_base-step SDE with path
 - log of the mean weight of the samples inside each region minus the overall log Z estimate (a sampler that
   under-covers a region gives its few samples there large weights);
 - Kish ESS and the log Z error of this one run.
+
+With --consistency, also the self-consistency residual (one step of size d against two of size d / 2,
+from the states of the N_base-step deterministic path at each multiple of d) per region of the path's
+END point: its median size over the nine other coordinates in absolute units and relative to the local
+scale exp(x_0 / 2) there, and the region's share of the summed squared residual (what the training loss
+sees).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import numpy as np
 import torch
 
 from molsample.estimate import ess, log_z, snis
+from molsample.flow import pf_step
 from molsample.losses import simulate_path
 from molsample.sampler import sample
 from molsample.targets.analytic import Funnel
@@ -56,12 +63,45 @@ def _region(log_w, lz, mask) -> str:
     return f"{mask.mean():.3f} / {share:.3f} ({log_z(log_w[mask], n_boot=0).value - lz:+.2f})"
 
 
+def consistency(exp, n: int, n_base: int, cut: float, seed: int, sizes=(8, 4, 2)) -> None:
+    """Self-consistency residual by region of the deterministic path's end point (see module doc)."""
+    velocity = exp.velocity()
+    gen = torch.Generator().manual_seed(seed)
+    states = [exp.prior.sample(n, gen, dtype=exp.dtype)]
+    with torch.no_grad():
+        for k in range(n_base):
+            states.append(pf_step(velocity, states[-1], k / n_base, 1.0 / n_base))
+    end = states[-1][:, 0].double().numpy()
+    scale = np.exp(end / 2)
+    regions = {"neck": end < -cut, "middle": np.abs(end) <= cut, "mouth": end > cut}
+    print(f"\n# self-consistency residual |Phi(x; t, d) - Phi(Phi(x; t, d/2); t + d/2, d/2)| over x_1..x_9, "
+          f"by end point of the {n_base}-step deterministic path (shares: "
+          + ", ".join(f"{k} {m.mean():.3f}" for k, m in regions.items())
+          + "); per region: median absolute / median relative to exp(x_0 / 2) (share of the summed square)")
+    print("| d | t | " + " | ".join(regions) + " |")
+    print("|---|---|" + "---|" * len(regions))
+    for k in sizes:
+        d, m = 1.0 / k, n_base // k
+        for start in range(0, n_base, m):
+            x, t = states[start], start / n_base
+            with torch.no_grad():
+                big = pf_step(velocity, x, t, d)
+                two = pf_step(velocity, pf_step(velocity, x, t, d / 2), t + d / 2, d / 2)
+            err = (big - two)[:, 1:].norm(dim=1).double().numpy()
+            sq = err ** 2
+            cells = [f"{np.median(err[r]):.3f} / {np.median(err[r] / scale[r]):.3f} ({sq[r].sum() / sq.sum():.2f})"
+                     if r.any() else "0 samples" for r in regions.values()]
+            print(f"| 1/{k} | {t:.3f} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 4, 32])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--consistency", action="store_true",
+                    help="also print the self-consistency residual by region of the path's end point")
     args = ap.parse_args()
     exp, ckpt = load_checkpoint(args.checkpoint)
     target, n_base = exp.target, exp.config.train.n_base
@@ -91,6 +131,8 @@ def main() -> None:
                              differentiable=False)
     report(f"{n_base}-step SDE", path.states[-1][:, 0].double().numpy(), path.log_w.double().numpy(), cut,
            target.log_z)
+    if args.consistency:
+        consistency(exp, args.n, n_base, cut, args.seed)
 
 
 if __name__ == "__main__":
