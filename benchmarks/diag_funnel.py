@@ -16,7 +16,7 @@ deterministic maps with exact weights, and the model's N_base-step SDE with path
 
 With --consistency, also the self-consistency residual (one step of size d against two of size d / 2,
 from the states of the N_base-step deterministic path at each multiple of d) per region of the path's
-END point: its median size over the nine other coordinates in absolute units and relative to the local
+END point: its median size over the other coordinates in absolute units and relative to the local
 scale exp(x_0 / 2) there, and the region's share of the summed squared residual (what the training loss
 sees).
 """
@@ -30,7 +30,7 @@ import torch
 
 from molsample.estimate import ess, log_z, snis
 from molsample.flow import pf_step
-from molsample.losses import simulate_path
+from molsample.losses import simulate_path, two_half_steps
 from molsample.sampler import sample
 from molsample.targets.analytic import Funnel
 from molsample.train import load_checkpoint
@@ -71,10 +71,11 @@ def consistency(exp, n: int, n_base: int, cut: float, seed: int, sizes=(8, 4, 2)
     with torch.no_grad():
         for k in range(n_base):
             states.append(pf_step(velocity, states[-1], k / n_base, 1.0 / n_base))
-    end = states[-1][:, 0].double().numpy()
+    end, end_dim = states[-1][:, 0].double().numpy(), states[-1].shape[1]
     scale = np.exp(end / 2)
     regions = {"neck": end < -cut, "middle": np.abs(end) <= cut, "mouth": end > cut}
-    print(f"\n# self-consistency residual |Phi(x; t, d) - Phi(Phi(x; t, d/2); t + d/2, d/2)| over x_1..x_9, "
+    print(f"\n# self-consistency residual |Phi(x; t, d) - Phi(Phi(x; t, d/2); t + d/2, d/2)| over "
+          f"x_1..x_{end_dim - 1}, "
           f"by end point of the {n_base}-step deterministic path (shares: "
           + ", ".join(f"{k} {m.mean():.3f}" for k, m in regions.items())
           + "); per region: median absolute / median relative to exp(x_0 / 2) (share of the summed square)")
@@ -86,7 +87,7 @@ def consistency(exp, n: int, n_base: int, cut: float, seed: int, sizes=(8, 4, 2)
             x, t = states[start], start / n_base
             with torch.no_grad():
                 big = pf_step(velocity, x, t, d)
-                two = pf_step(velocity, pf_step(velocity, x, t, d / 2), t + d / 2, d / 2)
+            _, two = two_half_steps(velocity, x, t, d)
             err = (big - two)[:, 1:].norm(dim=1).double().numpy()
             sq = err ** 2
             cells = [f"{np.median(err[r]):.3f} / {np.median(err[r] / scale[r]):.3f} ({sq[r].sum() / sq.sum():.2f})"

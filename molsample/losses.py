@@ -90,12 +90,18 @@ def sample_big_steps(n: int, n_base: int, generator: torch.Generator | None):
     return index.double() / n_base, span.double() / n_base, index
 
 
+def two_half_steps(teacher, x: torch.Tensor, t, d):
+    """The self-consistency target: two steps of size d / 2 from (x, t), without gradient.
+    Returns (x_mid, x_tgt)."""
+    with torch.no_grad():
+        x_mid = pf_step(teacher, x, t, d / 2)
+        return x_mid, pf_step(teacher, x_mid, t + d / 2, d / 2)
+
+
 def self_consistency(student, teacher, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor):
     """L_SD = mean over dims and batch of (x_tgt - x_pred)^2; two teacher half steps vs one
     student step. Returns (loss, x_mid) with x_mid the teacher's midpoint (detached)."""
-    with torch.no_grad():
-        x_mid = pf_step(teacher, x, t, d / 2)
-        x_tgt = pf_step(teacher, x_mid, t + d / 2, d / 2)
+    x_mid, x_tgt = two_half_steps(teacher, x, t, d)
     x_pred = pf_step(student, x, t, d)
     return (x_tgt - x_pred).pow(2).mean(), x_mid
 
