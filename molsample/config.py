@@ -138,6 +138,14 @@ class TrainConfig:
     widens; the data route's interpolants), or ``flow``, the deterministic sampler's own states as
     for ``bij_states`` (then the hinge is evaluated there too).
 
+    ``sd_metric``: how the self-consistency residual x_tgt - x_pred is measured: ``euclidean``
+    (default; in units of the prior scale s0), or ``target``: each coordinate weighted by the local
+    precision of the marginal the big step ends in (losses.marginal_precision: from the diagonal of the
+    target energy's Hessian, relative to 1 / s0^2, clamped to [``sd_metric_floor``, ``sd_metric_cap``]).
+    Near t = 1 that measures the error relative to the target's local width, so a narrow region (a
+    funnel's neck) is not outweighed by wide ones whose absolute errors are as large; towards t = 0 it
+    tends to the prior's precision. Costs one score backward pass per coordinate (small vector targets).
+
     ``clip_per_loss``: the gradient of the base loss (diffusion loss, or flow matching on the data
     route) and that of the distillation terms (self-consistency, volume, Jacobian, hinge, one-step KL)
     are each clipped to ``grad_clip`` and then added, instead of clipping their sum. With one clip on
@@ -172,6 +180,9 @@ class TrainConfig:
             raise ConfigError(f"train: explore_noise must be positive, got {self.explore_noise}")
         if self.lr_schedule == "cosine" and not (0 <= self.lr_final <= self.lr):
             raise ConfigError(f"train: lr_final = {self.lr_final} must lie in [0, lr = {self.lr}]")
+        if not (0 < self.sd_metric_floor <= 1 <= self.sd_metric_cap):
+            raise ConfigError(f"train: need 0 < sd_metric_floor <= 1 <= sd_metric_cap, got "
+                              f"{self.sd_metric_floor} and {self.sd_metric_cap}")
         if self.lr_decay_start < 0:
             raise ConfigError(f"train: lr_decay_start must be >= 0, got {self.lr_decay_start}")
     n_base: int = 32
@@ -201,6 +212,9 @@ class TrainConfig:
     bij_iterations: int = 12
     bij_states: typing.Literal["path", "flow"] = "path"
     sd_states: typing.Literal["path", "flow"] = "path"
+    sd_metric: typing.Literal["euclidean", "target"] = "euclidean"
+    sd_metric_floor: float = 0.01
+    sd_metric_cap: float = 100.0
     kl_weight: float = 0.0
     kl_batch: int = 32
     kl_start: int = 0

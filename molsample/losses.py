@@ -98,12 +98,52 @@ def two_half_steps(teacher, x: torch.Tensor, t, d):
         return x_mid, pf_step(teacher, x_mid, t + d / 2, d / 2)
 
 
-def self_consistency(student, teacher, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor):
-    """L_SD = mean over dims and batch of (x_tgt - x_pred)^2; two teacher half steps vs one
-    student step. Returns (loss, x_mid) with x_mid the teacher's midpoint (detached)."""
+def self_consistency(student, teacher, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, metric=None):
+    """L_SD = mean over dims and batch of w (x_tgt - x_pred)^2; two teacher half steps vs one
+    student step. ``metric``: None (w = 1), or a callable (x_tgt, t + d) -> w of x's shape
+    (detached), e.g. :func:`marginal_precision` (the residual in the local scale of the
+    distribution the step ends in). Returns (loss, x_mid) with x_mid the teacher's midpoint."""
     x_mid, x_tgt = two_half_steps(teacher, x, t, d)
     x_pred = pf_step(student, x, t, d)
-    return (x_tgt - x_pred).pow(2).mean(), x_mid
+    sq = (x_tgt - x_pred).pow(2)
+    if metric is not None:
+        sq = metric(x_tgt, as_times(t, x) + as_times(d, x)) * sq
+    return sq.mean(), x_mid
+
+
+def energy_hessian_diagonal(target, y: torch.Tensor) -> torch.Tensor:
+    """Diagonal of the Hessian of the target's reduced energy u at y, exactly: one backward pass of
+    the score per coordinate (cost grows with the dimension; meant for small vector targets).
+    Returns a detached tensor of y's shape."""
+    with torch.enable_grad():
+        yg = y.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(target.energy(yg).sum(), yg, create_graph=True)
+        flat = g.reshape(y.shape[0], -1)
+        diag = torch.empty_like(flat)
+        for j in range(flat.shape[1]):
+            (hj,) = torch.autograd.grad(flat[:, j].sum(), yg, retain_graph=j + 1 < flat.shape[1])
+            diag[:, j] = hj.reshape(y.shape[0], -1)[:, j]
+    return diag.detach().reshape(y.shape)
+
+
+def marginal_precision(target, schedule: CosineSchedule, x: torch.Tensor, t: torch.Tensor,
+                       floor: float = 0.01, cap: float = 100.0) -> torch.Tensor:
+    """Per-coordinate precision of the time-t marginal near x, in units of the prior's (1 / s0^2).
+
+    The noising process maps a target sample y to alpha_t y + s0 sqrt(1 - alpha_t^2) eps, alpha_t =
+    exp(-0.5 int_t^1 beta); with the target locally Gaussian at y = x / alpha_t with precision h (the
+    diagonal of u's Hessian there) the marginal's precision is 1 / (alpha_t^2 / h + s0^2 (1 - alpha_t^2)).
+    Exact for a Gaussian target with diagonal covariance; h on a funnel's neck is exp(-x_0), so a state
+    error counts relative to the neck's width there. Returned as s0^2 x precision clamped to [floor, cap]
+    (a non-positive h, e.g. on a barrier, gives the floor; an undefined (NaN) one counts as 1). Detached."""
+    tt = as_times(t, x)
+    alpha = torch.exp(-0.5 * schedule.int_beta(tt, torch.ones_like(tt)))
+    a = _bt(alpha, x)
+    h = energy_hessian_diagonal(target, x.detach() / a)
+    s2 = schedule.s0**2
+    prec = 1.0 / (a**2 / h.clamp_min(floor / s2) + s2 * (1 - a**2))
+    w = (s2 * prec).clamp(floor, cap)
+    return torch.where(torch.isnan(h), torch.ones_like(w), w)
 
 
 def volume_consistency(student, teacher, x, x_mid, t, d, space, method: str = "paper",

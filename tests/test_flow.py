@@ -8,8 +8,8 @@ from scipy import integrate as sci_integrate
 
 from molsample.flow import CosineSchedule, DriftVelocity, Prior, Space, pf_step
 from molsample.jacobian import lipschitz_ratio, monotonicity, step_log_volume, velocity_jacobian
-from molsample.losses import (bijectivity_penalty, self_consistency, step_lipschitz, step_monotonicity,
-                              volume_consistency)
+from molsample.losses import (bijectivity_penalty, energy_hessian_diagonal, marginal_precision, self_consistency,
+                              step_lipschitz, step_monotonicity, volume_consistency)
 from molsample.nn import LangevinDrift, MLPCore
 from molsample.sampler import integrate
 from molsample.targets import Funnel, GaussianMixture, LennardJones
@@ -125,6 +125,59 @@ def test_consistency_losses_vanish_for_the_exact_linear_flow():
     # first order: D (e^{a1} - 1) + D (e^{a2} - 1) for the two halves vs D (e^{a1 + a2} - 1)
     expected = (6 * (math.expm1(a1) + math.expm1(a2) - math.expm1(a1 + a2))) ** 2
     assert abs(first_order - expected) < 1e-9 * expected and first_order > 1e-3
+
+
+def test_energy_hessian_diagonal_matches_the_dense_hessian_and_the_funnels_closed_form():
+    g = torch.Generator().manual_seed(11)
+    funnel = Funnel(dim=5)
+    x = funnel.sample_reference(7, g)
+    diag = energy_hessian_diagonal(funnel, x)
+    s = x[:, 1:].pow(2).sum(1)
+    expected = torch.cat([(1 / 9 + 0.5 * s * torch.exp(-x[:, 0]))[:, None],
+                          torch.exp(-x[:, :1]).expand(-1, 4)], dim=1)       # u_00 and u_ii in closed form
+    assert torch.allclose(diag, expected, rtol=1e-12)
+    gmm = GaussianMixture(n_modes=3, dim=3, box=2.0, seed=1)
+    y = 2 * torch.randn(4, 3, generator=g, dtype=torch.float64)
+    dense = torch.stack([torch.autograd.functional.hessian(lambda z: gmm.energy(z[None])[0], yi).diagonal()
+                         for yi in y])
+    assert torch.allclose(energy_hessian_diagonal(gmm, y), dense, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("std", [0.3, 1.0, 2.5])
+def test_marginal_precision_is_exact_for_a_gaussian_target(std):
+    # one isotropic Gaussian of width std: the noised marginal at time t is Gaussian with variance
+    # alpha_t^2 std^2 + s0^2 (1 - alpha_t^2); the metric is s0^2 over that, at any x
+    target = GaussianMixture(n_modes=1, dim=3, box=1.0, std=std, seed=2)
+    x = 3 * torch.randn(5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for t in (0.0, 0.3, 0.7, 0.95, 1.0):
+        tt = torch.full((5,), t, dtype=torch.float64)
+        alpha2 = math.exp(-SCHED.int_beta(torch.tensor(t, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)).item())
+        expected = SCHED.s0**2 / (alpha2 * std**2 + SCHED.s0**2 * (1 - alpha2))
+        w = marginal_precision(target, SCHED, x, tt)
+        assert torch.allclose(w, torch.full_like(w, expected), rtol=1e-9), (t, w[0, 0].item(), expected)
+    # at t = 1 on a funnel: the neck's width exp(x_0 / 2) sets the scale of x_1..x_4, clamped
+    funnel = Funnel(dim=5)
+    xf = torch.tensor([[-3.0, 0.01, 0.0, 0.0, 0.0], [2.0, 1.0, 0.0, 0.0, 0.0], [-9.0, 0.0, 0.0, 0.0, 0.0]],
+                      dtype=torch.float64)
+    w = marginal_precision(funnel, SCHED, xf, torch.ones(3, dtype=torch.float64), floor=0.01, cap=100.0)
+    assert torch.allclose(w[0, 1:], torch.full((4,), 4 * math.exp(3.0), dtype=torch.float64))
+    assert torch.allclose(w[1, 1:], torch.full((4,), 4 * math.exp(-2.0), dtype=torch.float64))
+    assert torch.all(w[2, 1:] == 100.0)
+
+
+def test_self_consistency_in_the_target_metric_weights_the_residual_and_vanishes_for_the_exact_flow():
+    space = Space((5,))
+    funnel = Funnel(dim=5)
+    x = Prior(space, 1.0).sample(16, torch.Generator().manual_seed(4))
+    t, d = torch.full((16,), 0.5, dtype=torch.float64), torch.full((16,), 0.5, dtype=torch.float64)
+    metric = lambda x_end, t_end: marginal_precision(funnel, SCHED, x_end, t_end)
+    assert self_consistency(ExactLinearFlow(), ExactLinearFlow(), x, t, d, metric)[0].item() < 1e-28
+    v = EulerLinearFlow()
+    got = self_consistency(v, v, x, t, d, metric)[0]
+    x_tgt = pf_step(v, pf_step(v, x, t, d / 2), t + d / 2, d / 2)
+    w = marginal_precision(funnel, SCHED, x_tgt, t + d)
+    assert abs(got.item() - (w * (x_tgt - pf_step(v, x, t, d)) ** 2).mean().item()) < 1e-12
+    assert got.item() != pytest.approx(self_consistency(v, v, x, t, d)[0].item(), rel=1e-3)
 
 
 def test_self_consistency_of_a_step_independent_euler_drift_is_second_order():

@@ -258,6 +258,15 @@ def test_self_consistency_can_be_trained_at_the_samplers_states(tmp_path, config
     assert len(drawn) == 2 and not torch.equal(drawn[0], drawn[1])      # fresh prior draws each iteration
 
 
+def test_self_consistency_in_the_target_metric_is_trained_and_its_mean_weight_logged(tmp_path):
+    cfg = ExperimentConfig.load(TINY, ["train.sd_start=0", "train.sd_metric=target", "train.sd_metric_cap=50"])
+    trainer = make_trainer(build(cfg), tmp_path, progress=False)
+    logs = trainer.step()
+    assert np.isfinite(logs["sd"]) and 0.01 <= logs["sd_w"] <= 50
+    with pytest.raises(ConfigError, match="sd_metric_floor"):
+        ExperimentConfig.load(TINY, ["train.sd_metric=target", "train.sd_metric_floor=0"])
+
+
 def test_per_loss_clipping_adds_the_separately_clipped_gradients(tmp_path):
     # clip_per_loss: .grad = clip(grad base) + clip(grad distillation), each to norm grad_clip
     trainer = Trainer(build(tiny(4, sd_start=0, sd_ramp=1, clip_per_loss=True, grad_clip=1e-3)), tmp_path,
