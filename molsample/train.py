@@ -19,6 +19,7 @@ from .estimate import ess as ess_estimate, log_z as log_z_estimate
 from .flow import pf_step
 from .jacobian import monotonicity, residual_ratio
 from .sampler import sample
+from .targets import NonFinitePositionsError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -253,12 +254,19 @@ class Trainer:
 
     def step(self) -> dict:
         self.opt.zero_grad(set_to_none=True)
-        base, rest, logs = self.losses()
-        if self.cfg.clip_per_loss:
-            parts, names = (base, rest), ("grad_base", "grad_rest")
+        try:
+            base, rest, logs = self.losses()
+        except NonFinitePositionsError as err:     # a path diverged to NaN / inf states: a non-finite loss
+            base = rest = None
+            logs = {"loss": math.nan, "nonfinite_states": str(err)}
+        if base is None:
+            grads_ok = False
         else:
-            parts, names = (base + rest,), (None,)
-        grads_ok = math.isfinite(logs["loss"]) and self.clipped_sum_of_gradients(parts, names, logs)
+            if self.cfg.clip_per_loss:
+                parts, names = (base, rest), ("grad_base", "grad_rest")
+            else:
+                parts, names = (base + rest,), (None,)
+            grads_ok = math.isfinite(logs["loss"]) and self.clipped_sum_of_gradients(parts, names, logs)
         if not grads_ok:
             self.state.nonfinite_total += 1
             self.state.nonfinite_run += 1
@@ -283,9 +291,12 @@ class Trainer:
     def evaluate(self, steps: int = 1) -> dict:
         exp = self.exp
         gen = torch.Generator().manual_seed(12345)
-        s = sample(exp.velocity(self.ema), exp.prior, exp.target, self.cfg.eval_samples, steps,
-                   self.cfg.eval_weights, gen, dtype=exp.dtype, device=exp.device,
-                   schedule=exp.schedule if exp.route == "energy" else None)
+        try:
+            s = sample(exp.velocity(self.ema), exp.prior, exp.target, self.cfg.eval_samples, steps,
+                       self.cfg.eval_weights, gen, dtype=exp.dtype, device=exp.device,
+                       schedule=exp.schedule if exp.route == "energy" else None)
+        except NonFinitePositionsError:
+            return {f"ess_{steps}": math.nan, f"log_z_{steps}": math.nan, f"eval_nonfinite_{steps}": True}
         lw = s.log_w.double().cpu().numpy()
         out = {f"ess_{steps}": ess_estimate(lw, n_boot=0).value, f"log_z_{steps}": log_z_estimate(lw, n_boot=0).value,
                f"bad_det_{steps}": s.n_nonpositive_det}

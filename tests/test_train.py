@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from molsample import losses
 from molsample.cli import main
 from molsample.config import ConfigError, ExperimentConfig
 from molsample.train import (CHECKPOINT, Trainer, TrainingDiverged, build, learning_rate, load_checkpoint,
@@ -103,6 +104,24 @@ def test_non_finite_losses_are_skipped_counted_and_stop_the_run(tmp_path, monkey
     ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=False)
     assert ckpt["state"]["iteration"] == 8            # the last good checkpoint is kept
     assert any(not torch.equal(before[k], v) for k, v in trainer.exp.model.state_dict().items())
+
+
+def test_a_training_path_with_nan_states_is_a_skipped_non_finite_iteration(tmp_path, monkeypatch):
+    # a path whose states diverge to NaN makes the target raise; that is counted like a non-finite loss
+    trainer = Trainer(build(tiny(30, max_nonfinite=2)), tmp_path, progress=False)
+    assert not trainer.step().get("skipped")
+    target = trainer.exp.target
+
+    def diverged_path(*args, **kwargs):
+        return target.energy(torch.full((2, *target.event_shape), float("nan")))
+
+    monkeypatch.setattr(losses, "simulate_path", diverged_path)
+    logs = trainer.step()
+    assert logs["skipped"] and "NaN or inf" in logs["nonfinite_states"]
+    assert trainer.state.nonfinite_total == 1 and trainer.state.iteration == 2
+    trainer.step()
+    with pytest.raises(TrainingDiverged, match="3 consecutive non-finite"):
+        trainer.step()
 
 
 def test_config_rejects_unknown_keys(tmp_path):

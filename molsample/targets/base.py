@@ -16,6 +16,10 @@ class NoReferenceSamplerError(NotImplementedError):
     """The target has no exact sampler; produce reference samples with MD or MCMC instead."""
 
 
+class NonFinitePositionsError(ValueError):
+    """Positions handed to a target contain NaN or inf (e.g. a diverging training path)."""
+
+
 class Target(ABC):
     """A target density known up to its normalising constant.
 
@@ -70,7 +74,7 @@ class Target(ABC):
         bad = ~torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(dim=1)
         if bad.any():
             idx = torch.nonzero(bad).flatten()[:5].tolist()
-            raise ValueError(f"{self.name}: positions contain NaN or inf (batch indices {idx}"
+            raise NonFinitePositionsError(f"{self.name}: positions contain NaN or inf (batch indices {idx}"
                              f"{' ...' if int(bad.sum()) > 5 else ''})")
         return x
 
