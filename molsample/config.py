@@ -133,6 +133,10 @@ class TrainConfig:
     with the EMA model, which is what sampling uses); a coarse-K trajectory can leave the path's
     region, and a fold there invalidates the weights of that K.
 
+    ``bij_prior_scale`` > 1 (``bij_states: flow`` only): half of the hinge's states are the
+    deterministic sampler's states from prior draws scaled by this factor, so the hinge also sees
+    where the prior's tail goes (the coarse maps fold first there: benchmarks/diag_folds.py).
+
     ``sd_states``: where self-consistency, volume consistency and the Jacobian penalty are trained:
     ``path``, the training path's states (the energy route's SDE paths, which ``explore_noise`` > 1
     widens; the data route's interpolants), or ``flow``, the deterministic sampler's own states as
@@ -180,6 +184,9 @@ class TrainConfig:
             raise ConfigError(f"train: explore_noise must be positive, got {self.explore_noise}")
         if self.lr_schedule == "cosine" and not (0 <= self.lr_final <= self.lr):
             raise ConfigError(f"train: lr_final = {self.lr_final} must lie in [0, lr = {self.lr}]")
+        if self.bij_prior_scale <= 0 or (self.bij_prior_scale != 1.0 and self.bij_states != "flow"):
+            raise ConfigError(f"train: bij_prior_scale = {self.bij_prior_scale} must be positive, and other than 1 "
+                              "only with bij_states: flow")
         if not (0 < self.sd_metric_floor <= 1 <= self.sd_metric_cap):
             raise ConfigError(f"train: need 0 < sd_metric_floor <= 1 <= sd_metric_cap, got "
                               f"{self.sd_metric_floor} and {self.sd_metric_cap}")
@@ -211,6 +218,7 @@ class TrainConfig:
     bij_bound: float = 0.9
     bij_iterations: int = 12
     bij_states: typing.Literal["path", "flow"] = "path"
+    bij_prior_scale: float = 1.0
     sd_states: typing.Literal["path", "flow"] = "path"
     sd_metric: typing.Literal["euclidean", "target"] = "euclidean"
     sd_metric_floor: float = 0.01

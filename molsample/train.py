@@ -175,6 +175,9 @@ class Trainer:
             logs["jac"] = l_jac.item()
         if cfg.bij_weight > 0:
             xb = x if cfg.bij_states == "path" or cfg.sd_states == "flow" else self.flow_states(t, d)
+            if cfg.bij_prior_scale != 1.0:      # half the hinge's states from the prior's tail
+                h = xb.shape[0] // 2
+                xb = torch.cat([xb[:h], self.flow_states(t[h:], d[h:], cfg.bij_prior_scale)])
             if cfg.bij_form == "lipschitz":
                 measure = losses.step_lipschitz(student, xb, t, d, exp.space, gen, cfg.bij_iterations)
             else:
@@ -183,11 +186,12 @@ class Trainer:
         return total
 
     @torch.no_grad()
-    def flow_states(self, t: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def flow_states(self, t: torch.Tensor, d: torch.Tensor, prior_scale: float = 1.0) -> torch.Tensor:
         """Per row, where the deterministic sampler with step d is at time t: a fresh prior draw
-        advanced by round(t / d) steps of size d with the EMA model (the model sampling uses)."""
+        (times ``prior_scale``) advanced by round(t / d) steps of size d with the EMA model (the
+        model sampling uses)."""
         exp = self.exp
-        x = exp.prior.sample(t.shape[0], self.gen, dtype=exp.dtype).to(exp.device)
+        x = prior_scale * exp.prior.sample(t.shape[0], self.gen, dtype=exp.dtype).to(exp.device)
         steps = torch.round(t / d).long()
         velocity = exp.velocity(self.ema)
         for k in range(int(steps.max()) if len(steps) else 0):

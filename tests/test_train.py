@@ -286,6 +286,28 @@ def test_self_consistency_in_the_target_metric_is_trained_and_its_mean_weight_lo
         ExperimentConfig.load(TINY, ["train.sd_metric=target", "train.sd_metric_floor=0"])
 
 
+def test_half_the_hinge_states_can_start_from_a_wider_prior(tmp_path, monkeypatch):
+    cfg = ExperimentConfig.load(TINY, ["train.sd_start=0", "train.sd_states=flow", "train.bij_weight=1.0",
+                                       "train.bij_form=monotone", "train.bij_bound=1e6", "train.bij_states=flow",
+                                       "train.bij_prior_scale=3.0", "train.sd_batch=64"])
+    trainer = make_trainer(build(cfg), tmp_path, progress=False)
+    calls, hinged = [], []
+    real_states = trainer.flow_states
+    trainer.flow_states = lambda t, d, scale=1.0: calls.append((t, d, scale)) or real_states(t, d, scale)
+    real_mono = losses.step_monotonicity
+    monkeypatch.setattr(losses, "step_monotonicity", lambda v, x, *rest: hinged.append(x) or real_mono(v, x, *rest))
+    logs = trainer.step()
+    assert [c[2] for c in calls] == [1.0, 3.0] and len(calls[1][0]) == 32 and logs["bij"] > 0
+    assert len(hinged) == 1 and hinged[0].shape[0] == 64
+    # rows still at t = 0 are bare prior draws: the wide half is 3x as far out on average
+    t = calls[0][0]
+    r = hinged[0].norm(dim=1)
+    narrow, wide = r[:32][t[:32] == 0], r[32:][t[32:] == 0]
+    assert len(narrow) > 3 and len(wide) > 3 and wide.mean() > 2 * narrow.mean()
+    with pytest.raises(ConfigError, match="bij_prior_scale"):
+        ExperimentConfig.load(TINY, ["train.bij_prior_scale=2.0", "train.bij_states=path"])
+
+
 def test_per_loss_clipping_adds_the_separately_clipped_gradients(tmp_path):
     # clip_per_loss: .grad = clip(grad base) + clip(grad distillation), each to norm grad_clip
     trainer = Trainer(build(tiny(4, sd_start=0, sd_ramp=1, clip_per_loss=True, grad_clip=1e-3)), tmp_path,
