@@ -5,6 +5,7 @@ log w = log pi~(x_K) - log q(x_K).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,8 +20,8 @@ class Samples:
     """Samples of a K-step map with their log densities.
 
     x : (M, *event_shape); log_q, log_w, log_prob : (M,); ``log_prob`` is -u(x) (unnormalised).
-    n_nonpositive_det : samples where some step had det <= 0 (``exact`` only; their weights are
-    not valid). lipschitz_max : largest measured bijectivity ratio (``exact`` only; < 1 is needed).
+    n_nonpositive_det : samples where some step had det <= 0 or a non-finite Jacobian (``exact``
+    only; their weights are not valid). lipschitz_max : largest measured bijectivity ratio (``exact`` only; < 1 is needed).
     """
     x: torch.Tensor
     log_q: torch.Tensor
@@ -37,8 +38,9 @@ class Samples:
 def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str = "exact",
               generator: torch.Generator | None = None, schedule=None, **kw):
     """Run K = steps deterministic steps from x0; return (x_K, log q, bad_det, lipschitz, monotone),
-    the last three per sample: some step had det <= 0; largest measured bijectivity ratio over the
-    steps; smallest eigenvalue of the symmetric part of a step Jacobian over the steps.
+    the last three per sample: some step had det <= 0 or a non-finite Jacobian; largest measured
+    bijectivity ratio over the steps; smallest eigenvalue of the symmetric part of a step Jacobian
+    over the steps (inf / -inf after a non-finite Jacobian).
 
     ``method`` as in :func:`molsample.jacobian.step_log_volume`; ``None`` skips log q.
     """
@@ -54,14 +56,18 @@ def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str 
             vol = step_log_volume(velocity, x, t, d, prior.space, method, generator=generator, **kw)
             log_q = log_q - vol.log_det.detach()
             if vol.sign is not None:
-                bad |= vol.sign <= 0
+                jac = vol.jacobian.detach()
+                finite = torch.isfinite(jac).flatten(1).all(1)     # an overflowing step certifies nothing
+                bad |= (vol.sign <= 0) | ~finite
+                jac = torch.where(finite[:, None, None], jac, torch.eye(jac.shape[-1], dtype=jac.dtype,
+                                                                        device=jac.device))
                 if schedule is not None:
                     tt, dd = as_times(t, x), as_times(d, x)
-                    r = lipschitz_ratio(vol.jacobian.detach(), schedule.sigma(tt), schedule.beta(tt), dd)
+                    r = lipschitz_ratio(jac, schedule.sigma(tt), schedule.beta(tt), dd)
                 else:                  # Phi = x + d b: a bijection when d Lip(b) < 1; measured locally
-                    r = direct_step_ratio(vol.jacobian.detach())
-                lip = torch.fmax(lip, r)
-                mono = torch.fmin(mono, monotonicity(vol.jacobian.detach()))
+                    r = direct_step_ratio(jac)
+                lip = torch.fmax(lip, torch.where(finite, r, torch.full_like(r, math.inf)))
+                mono = torch.fmin(mono, torch.where(finite, monotonicity(jac), torch.full_like(r, -math.inf)))
         with torch.no_grad():
             x = pf_step(velocity, x, t, d, **kw)
     return x.detach(), log_q, bad, lip, mono

@@ -180,6 +180,21 @@ def test_self_consistency_in_the_target_metric_weights_the_residual_and_vanishes
     assert got.item() != pytest.approx(self_consistency(v, v, x, t, d)[0].item(), rel=1e-3)
 
 
+class OverflowingFlow:
+    """b = x exp(60 x_0): its Jacobian overflows float32 where x_0 > about 1.5."""
+
+    def __call__(self, x, t, d, **kw):
+        return x * torch.exp(60 * x[:, :1])
+
+
+def test_a_step_whose_jacobian_overflows_is_counted_as_invalid_not_an_error():
+    space = Space((3,))
+    x0 = torch.tensor([[0.1, 0.2, -0.3], [2.0, 0.1, 0.1], [-1.0, 0.5, 0.5]], dtype=torch.float32)
+    _, _, bad, lip, mono = integrate(OverflowingFlow(), Prior(space, 1.0), x0, 1, "exact", schedule=None)
+    assert bad.tolist() == [False, True, False]
+    assert math.isinf(lip[1].item()) and math.isfinite(lip[0].item()) and mono[1].item() == -math.inf
+
+
 def test_self_consistency_of_a_step_independent_euler_drift_is_second_order():
     space = Space((4,))
     x = Prior(space, 1.0).sample(32, torch.Generator().manual_seed(6))
