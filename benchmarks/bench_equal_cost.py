@@ -1,6 +1,6 @@
 """K-step deterministic sampling vs the model's own N_base-step SDE at EQUAL network evaluations.
 
-    python benchmarks/bench_equal_cost.py CHECKPOINT [--sde-n 4096] [--repeats 5] [--steps 1 2 4 8]
+    python benchmarks/bench_equal_cost.py CHECKPOINT [--sde-n 4096] [--repeats 5] [--steps 1 2 4 8] [--seed-offset 1000]
 
 The SDE draws --sde-n paths of N_base steps (sde_n * N_base network evaluations). Each K-step
 deterministic sampler gets the same number of evaluations: n_K = sde_n * N_base / K samples, all
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="independent seeds per configuration")
     ap.add_argument("--steps", type=int, nargs="+", default=None, help="K values (default 1, 2, 4, ... N_base)")
     ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--seed-offset", type=int, default=1000,
+                    help="seed r of each configuration is seed-offset + r (another offset: an independent rerun)")
     args = ap.parse_args()
     if args.repeats < 2:
         raise SystemExit("--repeats must be at least 2 (the spread over repeats is the error)")
@@ -54,7 +56,7 @@ def main() -> None:
     budget = args.sde_n * n_base
     print(f"# {target.name}: {args.checkpoint}, trained {ckpt['state']['iteration']} iterations, "
           f"{ckpt['state']['cpu_seconds'] / 60:.1f} CPU-min | {budget:,} network evaluations per estimate | "
-          f"{args.repeats} seeds | torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.repeats} seeds from {args.seed_offset} | torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.machine()} | {time.strftime('%Y-%m-%d')}")
     print("| sampler | samples | log Z_hat - log Z (mean +- sd over seeds) | RMS error | bootstrap error (median) | "
           "ESS | det<=0 | wall s |")
@@ -63,7 +65,7 @@ def main() -> None:
         n = budget // k
         errs, ses, esss, n_bad, secs = [], [], [], 0, []
         for r in range(args.repeats):
-            gen = torch.Generator().manual_seed(1000 + r)
+            gen = torch.Generator().manual_seed(args.seed_offset + r)
             s = sample(exp.velocity(), exp.prior, target, n, k, "exact", gen, batch_size=args.batch,
                        dtype=exp.dtype, schedule=exp.schedule if exp.route == "energy" else None)
             lw = s.log_w.double().numpy()
@@ -76,7 +78,7 @@ def main() -> None:
         return
     errs, ses, esss, secs = [], [], [], []
     for r in range(args.repeats):
-        gen = torch.Generator().manual_seed(1000 + r)
+        gen = torch.Generator().manual_seed(args.seed_offset + r)
         t0 = time.perf_counter()
         with torch.no_grad():
             path = simulate_path(exp.model, exp.schedule, exp.prior, target, args.sde_n, n_base, gen, exp.dtype,
