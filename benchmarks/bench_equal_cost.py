@@ -1,6 +1,7 @@
 """K-step deterministic sampling vs the model's own N_base-step SDE at EQUAL network evaluations.
 
-    python benchmarks/bench_equal_cost.py CHECKPOINT [--sde-n 4096] [--repeats 5] [--steps 1 2 4 8] [--seed-offset 1000]
+    python benchmarks/bench_equal_cost.py CHECKPOINT [--sde-n 4096] [--repeats 5] [--steps 1 2 4 8]
+        [--seed-offset 1000]
 
 The SDE draws --sde-n paths of N_base steps (sde_n * N_base network evaluations). Each K-step
 deterministic sampler gets the same number of evaluations: n_K = sde_n * N_base / K samples, all
@@ -56,7 +57,8 @@ def main() -> None:
     budget = args.sde_n * n_base
     print(f"# {target.name}: {args.checkpoint}, trained {ckpt['state']['iteration']} iterations, "
           f"{ckpt['state']['cpu_seconds'] / 60:.1f} CPU-min | {budget:,} network evaluations per estimate | "
-          f"{args.repeats} seeds from {args.seed_offset} | torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.repeats} seeds from {args.seed_offset} | torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, "
           f"{platform.machine()} | {time.strftime('%Y-%m-%d')}")
     print("| sampler | samples | log Z_hat - log Z (mean +- sd over seeds) | RMS error | bootstrap error (median) | "
           "ESS | det<=0 | wall s |")

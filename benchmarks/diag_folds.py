@@ -2,8 +2,8 @@
 
     python benchmarks/diag_folds.py CHECKPOINT [--n 131072] [--steps 1 2] [--seed 0]
 
-For each K: the number of samples whose map has det <= 0 at some step (their exact weights are not
-valid), which of the K steps folds, and the fold rate by how far out in the prior the draw lies:
+For each K: the number of samples whose map has det <= 0 (or a non-finite Jacobian) at some step
+(their exact weights are not valid), which of the K steps folds, and the fold rate by how far out in the prior the draw lies:
 the draw's radius |x_0| / s0 has a chi distribution with dof degrees of freedom, and the rows bin
 the draws by that distribution's tail probability P(chi > r). If the folds sit in the prior's far
 tail, the training states (a few hundred prior draws per iteration) almost never show them to the
@@ -52,7 +52,8 @@ def main() -> None:
             d = 1.0 / k_steps
             for k in range(k_steps):
                 vol = step_log_volume(velocity, x, k * d, d, space, "exact", generator=gen)
-                step_bad = (vol.sign <= 0).numpy()
+                finite = torch.isfinite(vol.jacobian).flatten(1).all(1)      # as the sampler counts them
+                step_bad = ((vol.sign <= 0) | ~finite).numpy()
                 per_step[k] += int(step_bad.sum())
                 bad |= step_bad
                 with torch.no_grad():

@@ -21,7 +21,8 @@ class Samples:
 
     x : (M, *event_shape); log_q, log_w, log_prob : (M,); ``log_prob`` is -u(x) (unnormalised).
     n_nonpositive_det : samples where some step had det <= 0 or a non-finite Jacobian (``exact``
-    only; their weights are not valid). lipschitz_max : largest measured bijectivity ratio (``exact`` only; < 1 is needed).
+    only; their weights are not valid). lipschitz_max : largest measured bijectivity ratio
+    (``exact`` only; < 1 is needed).
     """
     x: torch.Tensor
     log_q: torch.Tensor

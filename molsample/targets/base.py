@@ -75,7 +75,7 @@ class Target(ABC):
         if bad.any():
             idx = torch.nonzero(bad).flatten()[:5].tolist()
             raise NonFinitePositionsError(f"{self.name}: positions contain NaN or inf (batch indices {idx}"
-                             f"{' ...' if int(bad.sum()) > 5 else ''})")
+                                          f"{' ...' if int(bad.sum()) > 5 else ''})")
         return x
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
