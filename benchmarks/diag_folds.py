@@ -52,8 +52,7 @@ def main() -> None:
             d = 1.0 / k_steps
             for k in range(k_steps):
                 vol = step_log_volume(velocity, x, k * d, d, space, "exact", generator=gen)
-                finite = torch.isfinite(vol.jacobian).flatten(1).all(1)      # as the sampler counts them
-                step_bad = ((vol.sign <= 0) | ~finite).numpy()
+                step_bad = vol.invalid.numpy()                               # as the sampler counts them
                 per_step[k] += int(step_bad.sum())
                 bad |= step_bad
                 with torch.no_grad():

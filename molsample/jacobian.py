@@ -14,6 +14,7 @@ J_b includes the x-dependence of the Langevin (target-score) term unless ``paper
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,28 @@ class StepVolume:
     log_det: torch.Tensor
     sign: torch.Tensor | None = None
     jacobian: torch.Tensor | None = None
+
+    @property
+    def finite(self) -> torch.Tensor:
+        """(B,) bool: the step's Jacobian has only finite entries (``exact`` only)."""
+        return torch.isfinite(self.jacobian).flatten(1).all(1)
+
+    @property
+    def invalid(self) -> torch.Tensor:
+        """(B,) bool: det <= 0 or a non-finite (overflowing) Jacobian: an exact weight through this
+        step is not valid (``exact`` only)."""
+        return (self.sign <= 0) | ~self.finite
+
+    def bijectivity(self, ratio) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ratio(J), lambda_min(sym J)) per sample for the step Jacobian J, ``ratio`` a bijectivity
+        ratio such as :func:`direct_step_ratio`; +inf / -inf where J is not finite (an overflowing
+        step certifies nothing, and the SVD / eigensolver would fail on it)."""
+        jac, finite = self.jacobian.detach(), self.finite
+        eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
+        jac = torch.where(finite[:, None, None], jac, eye)
+        r, m = ratio(jac), monotonicity(jac)
+        return (torch.where(finite, r, torch.full_like(r, math.inf)),
+                torch.where(finite, m, torch.full_like(m, -math.inf)))
 
 
 def _vjps(out: torch.Tensor, x: torch.Tensor, vectors: torch.Tensor, create_graph: bool) -> torch.Tensor:

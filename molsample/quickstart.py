@@ -54,7 +54,7 @@ def exact_weights(exp, x0: torch.Tensor, x: torch.Tensor, deadline: float, min_w
     eigenvalue of the symmetric part of J_step per sample)."""
     from tqdm import tqdm
 
-    from .jacobian import direct_step_ratio, monotonicity, step_log_volume
+    from .jacobian import direct_step_ratio, step_log_volume
     velocity, space = exp.velocity(), exp.space
     lq, lp, bad, ratio, mono = [], [], 0, [], []
     bar = tqdm(total=len(x0), disable=not progress, desc="exact weights", unit="sample", dynamic_ncols=True)
@@ -62,9 +62,10 @@ def exact_weights(exp, x0: torch.Tensor, x: torch.Tensor, deadline: float, min_w
     while done < len(x0) and (done < min_weights or time.perf_counter() < deadline):
         sl = slice(done, min(done + batch, len(x0)))
         vol = step_log_volume(velocity, x0[sl], 0.0, 1.0, space, "exact")
-        bad += int((vol.sign <= 0).sum())
-        ratio.append(direct_step_ratio(vol.jacobian))                        # bijective if < 1 everywhere
-        mono.append(monotonicity(vol.jacobian))                              # or if > 0 everywhere
+        bad += int(vol.invalid.sum())
+        r, m = vol.bijectivity(direct_step_ratio)
+        ratio.append(r)                                                      # bijective if < 1 everywhere
+        mono.append(m)                                                       # or if > 0 everywhere
         lq.append(exp.prior.log_prob(x0[sl]) - vol.log_det)
         with torch.no_grad():
             lp.append(-exp.target.energy(x[sl]))

@@ -5,14 +5,13 @@ log w = log pi~(x_K) - log q(x_K).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from .flow import Prior, _bt, as_times, pf_step
-from .jacobian import direct_step_ratio, lipschitz_ratio, monotonicity, step_log_volume
+from .jacobian import direct_step_ratio, lipschitz_ratio, step_log_volume
 
 
 @dataclass(frozen=True)
@@ -57,18 +56,14 @@ def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str 
             vol = step_log_volume(velocity, x, t, d, prior.space, method, generator=generator, **kw)
             log_q = log_q - vol.log_det.detach()
             if vol.sign is not None:
-                jac = vol.jacobian.detach()
-                finite = torch.isfinite(jac).flatten(1).all(1)     # an overflowing step certifies nothing
-                bad |= (vol.sign <= 0) | ~finite
-                jac = torch.where(finite[:, None, None], jac, torch.eye(jac.shape[-1], dtype=jac.dtype,
-                                                                        device=jac.device))
+                bad |= vol.invalid
                 if schedule is not None:
                     tt, dd = as_times(t, x), as_times(d, x)
-                    r = lipschitz_ratio(jac, schedule.sigma(tt), schedule.beta(tt), dd)
+                    ratio = lambda j: lipschitz_ratio(j, schedule.sigma(tt), schedule.beta(tt), dd)
                 else:                  # Phi = x + d b: a bijection when d Lip(b) < 1; measured locally
-                    r = direct_step_ratio(jac)
-                lip = torch.fmax(lip, torch.where(finite, r, torch.full_like(r, math.inf)))
-                mono = torch.fmin(mono, torch.where(finite, monotonicity(jac), torch.full_like(r, -math.inf)))
+                    ratio = direct_step_ratio
+                r, m = vol.bijectivity(ratio)
+                lip, mono = torch.fmax(lip, r), torch.fmin(mono, m)
         with torch.no_grad():
             x = pf_step(velocity, x, t, d, **kw)
     return x.detach(), log_q, bad, lip, mono

@@ -174,10 +174,11 @@ class Trainer:
             total = total + cfg.jac_weight * l_jac
             logs["jac"] = l_jac.item()
         if cfg.bij_weight > 0:
-            xb = x if cfg.bij_states == "path" or cfg.sd_states == "flow" else self.flow_states(t, d)
-            if cfg.bij_prior_scale != 1.0:      # half the hinge's states from the prior's tail
-                h = xb.shape[0] // 2
-                xb = torch.cat([xb[:h], self.flow_states(t[h:], d[h:], cfg.bij_prior_scale)])
+            n = t.shape[0]
+            h = n // 2 if cfg.bij_prior_scale != 1.0 else n      # rows from the plain prior
+            xb = x[:h] if cfg.bij_states == "path" or cfg.sd_states == "flow" else self.flow_states(t[:h], d[:h])
+            if h < n:                                            # the other half from the prior's tail
+                xb = torch.cat([xb, self.flow_states(t[h:], d[h:], cfg.bij_prior_scale)])
             if cfg.bij_form == "lipschitz":
                 measure = losses.step_lipschitz(student, xb, t, d, exp.space, gen, cfg.bij_iterations)
             else:
@@ -261,10 +262,7 @@ class Trainer:
         try:
             base, rest, logs = self.losses()
         except NonFinitePositionsError as err:     # a path diverged to NaN / inf states: a non-finite loss
-            base = rest = None
-            logs = {"loss": math.nan, "nonfinite_states": str(err)}
-        if base is None:
-            grads_ok = False
+            grads_ok, logs = False, {"loss": math.nan, "nonfinite_states": str(err)}
         else:
             if self.cfg.clip_per_loss:
                 parts, names = (base, rest), ("grad_base", "grad_rest")
