@@ -245,12 +245,16 @@ class DataConfig:
     (w: the file's per-frame Boltzmann weights; 1 reproduces the reference distribution, smaller
     values flatten it so that the proposal covers rare states; exact weights correct for it).
     ``mirror``: reflect half of the frames (valid for mirror-symmetric force fields, see TARGETS).
+    ``align``: after the minibatch OT coupling, move each frame within its symmetry orbit to lie close to
+    its prior partner (``rotation``: proper rotations; ``rotation-permutation``: also relabel identical
+    particles, for LJ and DW4): equivariant OT flow matching, shorter paths for the same marginals.
     The one-step reverse KL and ``init_checkpoint`` (both routes) are ``train:`` keys.
     """
     path: str
     weight_power: float = 1.0
     mirror: bool = True
     ot_coupling: bool = True
+    align: typing.Literal["none", "rotation", "rotation-permutation"] = "none"
     fm_weight: float = 1.0
 
 

@@ -347,6 +347,12 @@ class DataTrainer(Trainer):
         super().__init__(exp, out_dir, progress)
         from .data import FrameSampler, load_frames
         dc = exp.config.data
+        if dc.align != "none" and exp.target.n_particles is None:
+            raise ValueError(f"data.align: {dc.align!r} needs a particle system; {exp.target.name!r} has event shape "
+                             f"{tuple(exp.target.event_shape)}")
+        if dc.align == "rotation-permutation" and hasattr(exp.target, "topology"):
+            raise ValueError(f"data.align: 'rotation-permutation' relabels identical particles; the atoms of "
+                             f"{exp.target.name!r} are not interchangeable (use 'rotation')")
         x, lw = load_frames(dc.path, exp.target)
         self.frames = FrameSampler(x, lw, exp.space, dc.weight_power, dc.mirror, exp.dtype, exp.device)
 
@@ -356,6 +362,8 @@ class DataTrainer(Trainer):
         x0 = exp.prior.sample(cfg.batch, gen, dtype=exp.dtype).to(exp.device)
         if dc.ot_coupling:
             x0 = losses.ot_coupling(x0, x1)
+        if dc.align != "none":
+            x1 = losses.align_pairs(x0, x1, permute=dc.align == "rotation-permutation")
         t = torch.rand(cfg.batch, generator=gen, dtype=torch.float64).to(exp.dtype).to(exp.device)
         l_fm = losses.flow_matching_loss(exp.velocity(), x0, x1, t, 1.0 / cfg.n_base) / exp.schedule.s0**2
         base = dc.fm_weight * l_fm
