@@ -301,58 +301,65 @@ def kabsch_rotation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (u * flip[:, None, :]) @ vt
 
 
-def _principal_rotations(a: torch.Tensor, b: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Rotations (B, s, s) taking b's principal axes onto a's, one per choice of axis signs, each with
-    the mask (B,) of the samples for which it is proper (det +1; half of the choices for each sample)."""
+def _principal_rotations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The proper rotations taking b's principal axes onto a's, one per admissible choice of axis
+    signs: (2^(s-1), B, s, s) for point sets a, b : (B, N, s)."""
     _, va = torch.linalg.eigh(a.transpose(1, 2) @ a)
     _, vb = torch.linalg.eigh(b.transpose(1, 2) @ b)
     s = a.shape[-1]
-    out = []
-    for signs in torch.cartesian_prod(*[torch.tensor([1.0, -1.0], dtype=a.dtype)] * s).reshape(-1, s):
-        r = vb @ torch.diag(signs) @ va.transpose(1, 2)
-        out.append((r, torch.linalg.det(r) > 0))
-    return out
+    signs = torch.cartesian_prod(*[torch.tensor([1.0, -1.0], dtype=a.dtype)] * s).reshape(-1, s)
+    r = vb[None] @ torch.diag_embed(signs)[:, None] @ va.transpose(1, 2)[None]       # (2^s, B, s, s)
+    proper = torch.linalg.det(r) > 0                                                  # half of them per sample
+    first = torch.argsort((~proper).to(torch.int8), dim=0, stable=True)[: 2 ** (s - 1)]
+    return torch.gather(r, 0, first[..., None, None].expand(-1, -1, s, s))
 
 
-def align_pairs(x0: torch.Tensor, x1: torch.Tensor, permute: bool, n_iter: int = 6) -> torch.Tensor:
+def _assign(a: torch.Tensor, b: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Per sample, the relabelling idx of b minimising sum_i |a_i - (b R)_idx_i|^2 (Hungarian)."""
+    from scipy.optimize import linear_sum_assignment
+    cost = torch.cdist(a, b @ r).pow(2).cpu().numpy()
+    return torch.as_tensor(np.stack([linear_sum_assignment(c)[1] for c in cost]))
+
+
+def align_pairs(x0: torch.Tensor, x1: torch.Tensor, permute: bool, n_iter: int = 5) -> torch.Tensor:
     """Each configuration x1[k] (B, N, s) rotated, and with ``permute`` its identical particles
     relabelled, to lie close to its partner x0[k] (equivariant optimal-transport flow matching, Klein,
-    Kraemer and Noe 2023). Without ``permute``: the optimal proper rotation (Kabsch). With it: Hungarian
-    assignment and Kabsch rotation alternated from each proper rotation taking x1's principal axes onto
-    x0's, keeping the closest result (a local search: an upper estimate of the true minimum).
+    Kraemer and Noe 2023). Without ``permute``: the optimal proper rotation (Kabsch). With it: from each
+    proper rotation taking x1's principal axes onto x0's, one Hungarian assignment and Kabsch rotation;
+    the closest of these is refined by up to ``n_iter`` - 1 more alternations (a local search: an upper
+    estimate of the true minimum).
 
     The result is x1[k] moved within its orbit of the target's symmetry group (proper rotations, and
     permutations with ``permute``) by a move that depends on x0[k] equivariantly: every step commutes
     with rotating and relabelling x0 (the principal-axes starts included). The prior is invariant under
     the same group, so the moved x1 has the target's distribution again: the coupling changes, neither
     marginal does, and flow matching stays valid while the paths shorten. x1's centroid is kept."""
-    from scipy.optimize import linear_sum_assignment
     a = x0.detach().double()
     a = a - a.mean(1, keepdim=True)
     b = x1.detach().double()
     b = b - b.mean(1, keepdim=True)
 
-    def take(idx):
-        return torch.gather(b, 1, idx[..., None].expand_as(b))
+    def take(z, idx):
+        return torch.gather(z, 1, idx[..., None].expand_as(z))
 
     if not permute:
         best = b @ kabsch_rotation(a, b)
     else:
-        best, best_cost = b.clone(), torch.full((b.shape[0],), torch.inf, dtype=b.dtype)
-        for r, ok in _principal_rotations(a, b):
-            idx = None
-            for _ in range(n_iter):
-                cost = torch.cdist(a, b @ r).pow(2).cpu().numpy()
-                new = torch.as_tensor(np.stack([linear_sum_assignment(c)[1] for c in cost]))
-                if idx is not None and torch.equal(new, idx):
-                    break
-                idx = new
-                r = kabsch_rotation(a, take(idx))
-            cand = take(idx) @ r
-            c = (cand - a).pow(2).sum((1, 2))
-            better = ok & (c < best_cost)
-            best = torch.where(better[:, None, None], cand, best)
-            best_cost = torch.where(better, c, best_cost)
+        starts = _principal_rotations(a, b)                       # (S, B, s, s)
+        n_s, n_b = starts.shape[:2]
+        aa, bb = a.repeat(n_s, 1, 1), b.repeat(n_s, 1, 1)          # start-major rows
+        idx = _assign(aa, bb, starts.reshape(n_s * n_b, *starts.shape[2:]))
+        r = kabsch_rotation(aa, take(bb, idx))
+        cost = (take(bb, idx) @ r - aa).pow(2).sum((1, 2)).reshape(n_s, n_b)
+        pick = cost.argmin(0) * n_b + torch.arange(n_b)
+        idx, r = idx[pick], r[pick]
+        for _ in range(n_iter - 1):
+            new = _assign(a, b, r)
+            if torch.equal(new, idx):
+                break
+            idx = new
+            r = kabsch_rotation(a, take(b, idx))
+        best = take(b, idx) @ r
     return (best + x1.double().mean(1, keepdim=True)).to(dtype=x1.dtype, device=x1.device)
 
 
