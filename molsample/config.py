@@ -136,6 +136,8 @@ class TrainConfig:
     ``bij_prior_scale`` > 1 (``bij_states: flow`` only): half of the hinge's states are the
     deterministic sampler's states from prior draws scaled by this factor, so the hinge also sees
     where the prior's tail goes (the coarse maps fold first there: benchmarks/diag_folds.py).
+    ``bij_min_step``: the hinge applies only to big steps of size d >= this (0: all); a strong hinge that
+    makes the coarse maps bijective can blunt the fine ones, which may not need it.
 
     ``sd_states``: where self-consistency, volume consistency and the Jacobian penalty are trained:
     ``path``, the training path's states (the energy route's SDE paths, which ``explore_noise`` > 1
@@ -219,6 +221,7 @@ class TrainConfig:
     bij_iterations: int = 12
     bij_states: typing.Literal["path", "flow"] = "path"
     bij_prior_scale: float = 1.0
+    bij_min_step: float = 0.0
     sd_states: typing.Literal["path", "flow"] = "path"
     sd_metric: typing.Literal["euclidean", "target"] = "euclidean"
     sd_metric_floor: float = 0.01

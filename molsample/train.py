@@ -179,11 +179,16 @@ class Trainer:
             xb = x[:h] if cfg.bij_states == "path" or cfg.sd_states == "flow" else self.flow_states(t[:h], d[:h])
             if h < n:                                            # the other half from the prior's tail
                 xb = torch.cat([xb, self.flow_states(t[h:], d[h:], cfg.bij_prior_scale)])
-            if cfg.bij_form == "lipschitz":
-                measure = losses.step_lipschitz(student, xb, t, d, exp.space, gen, cfg.bij_iterations)
-            else:
-                measure = losses.step_monotonicity(student, xb, t, d, exp.space, gen, cfg.bij_iterations)
-            total = total + self.bijectivity_hinge(measure, logs, "bij")
+            tb, db = t, d
+            if cfg.bij_min_step > 0:                             # only the coarse steps
+                keep = (d >= cfg.bij_min_step).nonzero().squeeze(1)
+                xb, tb, db = xb[keep], t[keep], d[keep]
+            if len(db):
+                if cfg.bij_form == "lipschitz":
+                    measure = losses.step_lipschitz(student, xb, tb, db, exp.space, gen, cfg.bij_iterations)
+                else:
+                    measure = losses.step_monotonicity(student, xb, tb, db, exp.space, gen, cfg.bij_iterations)
+                total = total + self.bijectivity_hinge(measure, logs, "bij")
         return total
 
     @torch.no_grad()

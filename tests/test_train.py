@@ -308,6 +308,24 @@ def test_half_the_hinge_states_can_start_from_a_wider_prior(tmp_path, monkeypatc
         ExperimentConfig.load(TINY, ["train.bij_prior_scale=2.0", "train.bij_states=path"])
 
 
+def test_the_hinge_can_be_kept_to_the_coarse_steps(tmp_path, monkeypatch):
+    base = ["train.sd_start=0", "train.bij_weight=1.0", "train.bij_form=monotone", "train.bij_bound=1e6",
+            "train.sd_batch=64"]
+    seen = []
+    real_mono = losses.step_monotonicity
+    monkeypatch.setattr(losses, "step_monotonicity",
+                        lambda v, x, t, d, *rest: seen.append(d.clone()) or real_mono(v, x, t, d, *rest))
+    cfg = ExperimentConfig.load(TINY, base)
+    make_trainer(build(cfg), tmp_path / "all", progress=False).step()
+    assert (seen[-1] < 0.5).any() and len(seen[-1]) == 64                  # all step sizes by default
+    cfg = ExperimentConfig.load(TINY, base + ["train.bij_min_step=0.5"])
+    logs = make_trainer(build(cfg), tmp_path / "coarse", progress=False).step()
+    assert len(seen) == 2 and 0 < len(seen[-1]) < 64 and (seen[-1] >= 0.5).all() and logs["bij"] > 0
+    cfg = ExperimentConfig.load(TINY, base + ["train.bij_min_step=2.0"])    # no step that large: no hinge term
+    logs = make_trainer(build(cfg), tmp_path / "none", progress=False).step()
+    assert len(seen) == 2 and "bij" not in logs and np.isfinite(logs["loss"])
+
+
 def test_per_loss_clipping_adds_the_separately_clipped_gradients(tmp_path):
     # clip_per_loss: .grad = clip(grad base) + clip(grad distillation), each to norm grad_clip
     trainer = Trainer(build(tiny(4, sd_start=0, sd_ramp=1, clip_per_loss=True, grad_clip=1e-3)), tmp_path,
