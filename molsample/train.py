@@ -176,13 +176,13 @@ class Trainer:
         if cfg.bij_weight > 0:
             n = t.shape[0]
             h = n // 2 if cfg.bij_prior_scale != 1.0 else n      # rows from the plain prior
-            xb = x[:h] if cfg.bij_states == "path" or cfg.sd_states == "flow" else self.flow_states(t[:h], d[:h])
+            keep = d >= cfg.bij_min_step                         # only the coarse steps (all rows at 0)
+            ra, rb = keep[:h].nonzero().squeeze(1), h + keep[h:].nonzero().squeeze(1)
+            xb = x[ra] if cfg.bij_states == "path" or cfg.sd_states == "flow" else self.flow_states(t[ra], d[ra])
             if h < n:                                            # the other half from the prior's tail
-                xb = torch.cat([xb, self.flow_states(t[h:], d[h:], cfg.bij_prior_scale)])
-            tb, db = t, d
-            if cfg.bij_min_step > 0:                             # only the coarse steps
-                keep = (d >= cfg.bij_min_step).nonzero().squeeze(1)
-                xb, tb, db = xb[keep], t[keep], d[keep]
+                xb = torch.cat([xb, self.flow_states(t[rb], d[rb], cfg.bij_prior_scale)])
+            rows = torch.cat([ra, rb])
+            tb, db = t[rows], d[rows]
             if len(db):
                 if cfg.bij_form == "lipschitz":
                     measure = losses.step_lipschitz(student, xb, tb, db, exp.space, gen, cfg.bij_iterations)

@@ -324,6 +324,13 @@ def test_the_hinge_can_be_kept_to_the_coarse_steps(tmp_path, monkeypatch):
     cfg = ExperimentConfig.load(TINY, base + ["train.bij_min_step=2.0"])    # no step that large: no hinge term
     logs = make_trainer(build(cfg), tmp_path / "none", progress=False).step()
     assert len(seen) == 2 and "bij" not in logs and np.isfinite(logs["loss"])
+    # at the sampler's states, only the kept rows are advanced
+    cfg = ExperimentConfig.load(TINY, base + ["train.bij_min_step=0.5", "train.bij_states=flow"])
+    trainer = make_trainer(build(cfg), tmp_path / "flow", progress=False)
+    advanced, real_states = [], trainer.flow_states
+    trainer.flow_states = lambda t, d, scale=1.0: advanced.append(d.clone()) or real_states(t, d, scale)
+    trainer.step()
+    assert len(advanced) == 1 and (advanced[0] >= 0.5).all() and torch.equal(advanced[0], seen[-1])
 
 
 def test_per_loss_clipping_adds_the_separately_clipped_gradients(tmp_path):
