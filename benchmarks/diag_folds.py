@@ -3,7 +3,8 @@
     python benchmarks/diag_folds.py CHECKPOINT [--n 131072] [--steps 1 2] [--seed 0]
 
 For each K: the number of samples whose map has det <= 0 (or a non-finite Jacobian) at some step
-(their exact weights are not valid), which of the K steps folds, and the fold rate by how far out in the prior the draw lies:
+(their exact weights are not valid), which of the K steps folds, and the fold rate by how far out
+in the prior the draw lies:
 the draw's radius |x_0| / s0 has a chi distribution with dof degrees of freedom, and the rows bin
 the draws by that distribution's tail probability P(chi > r). If the folds sit in the prior's far
 tail, the training states (a few hundred prior draws per iteration) almost never show them to the

@@ -337,7 +337,8 @@ def align_pairs(x0: torch.Tensor, x1: torch.Tensor, permute: bool, n_iter: int =
     a = x0.detach().double()
     a = a - a.mean(1, keepdim=True)
     b = x1.detach().double()
-    b = b - b.mean(1, keepdim=True)
+    centroid = b.mean(1, keepdim=True)
+    b = b - centroid
 
     def take(z, idx):
         return torch.gather(z, 1, idx[..., None].expand_as(z))
@@ -360,7 +361,7 @@ def align_pairs(x0: torch.Tensor, x1: torch.Tensor, permute: bool, n_iter: int =
             idx = new
             r = kabsch_rotation(a, take(b, idx))
         best = take(b, idx) @ r
-    return (best + x1.double().mean(1, keepdim=True)).to(dtype=x1.dtype, device=x1.device)
+    return (best + centroid).to(dtype=x1.dtype, device=x1.device)
 
 
 def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,8 @@ def test_align_pairs_moves_within_the_orbit_and_shortens_the_coupling(permute):
     x0 = x0 - x0.mean(1, keepdim=True)
     # x1: a rotated (and relabelled) copy of x0 plus small noise; alignment must undo the move
     rot = _random_rotations(64, g)
-    perm = torch.stack([torch.randperm(n, generator=g) for _ in range(64)]) if permute else torch.arange(n).expand(64, n)
+    perm = (torch.stack([torch.randperm(n, generator=g) for _ in range(64)]) if permute
+            else torch.arange(n).expand(64, n))
     noisy = x0 + 0.05 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
     x1 = torch.gather(noisy @ rot, 1, perm[..., None].expand(-1, -1, 3)) + 2.0      # off-centre on purpose
     out = losses.align_pairs(x0, x1, permute=permute)
