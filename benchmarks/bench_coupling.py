@@ -37,7 +37,7 @@ def main() -> None:
     space = Space(target.event_shape, target.com_free)
     frames = FrameSampler(x, lw, space, 1.0, True, torch.float64)
     prior = Prior(space, args.s0)
-    modes = ["rotation"] + (["rotation-permutation"] if not hasattr(target, "topology") else [])
+    modes = ["rotation"] + (["rotation-permutation"] if target.identical_particles else [])
     names = ["independent", "minibatch OT"] + [f"OT + align {m}" for m in modes]
     dist = {k: [] for k in names}
     cpu = dict.fromkeys(names, 0.0)

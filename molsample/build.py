@@ -42,9 +42,9 @@ def particle_types(target: Target):
     if target.n_particles is None:
         raise ValueError(f"model kind 'egnn' needs a particle target; {target.name!r} has event shape "
                          f"{target.event_shape}")
-    if hasattr(target, "system") and hasattr(target, "topology"):
-        return molecule_types(target)
-    return [0] * target.n_particles, None
+    if target.identical_particles:
+        return [0] * target.n_particles, None
+    return molecule_types(target)
 
 
 def build_model(cfg: ExperimentConfig, target: Target, space: Space, prior: Prior,

@@ -355,7 +355,7 @@ class DataTrainer(Trainer):
         if dc.align != "none" and exp.target.n_particles is None:
             raise ValueError(f"data.align: {dc.align!r} needs a particle system; {exp.target.name!r} has event shape "
                              f"{tuple(exp.target.event_shape)}")
-        if dc.align == "rotation-permutation" and hasattr(exp.target, "topology"):
+        if dc.align == "rotation-permutation" and not exp.target.identical_particles:
             raise ValueError(f"data.align: 'rotation-permutation' relabels identical particles; the atoms of "
                              f"{exp.target.name!r} are not interchangeable (use 'rotation')")
         x, lw = load_frames(dc.path, exp.target)

@@ -106,6 +106,7 @@ def test_dw4_matches_double_loop_and_shape():
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 def test_particle_energies_are_e3_and_permutation_invariant(name, dtype, tol):
     target = load_target(name)
+    assert target.identical_particles       # the promise this test checks: relabelling leaves u unchanged
     gen = torch.Generator().manual_seed(4)
     n, s = target.event_shape
     x = (torch.randn(8, n, s, generator=gen, dtype=torch.float64) * n ** (1 / s) * 0.6).to(dtype)
@@ -114,6 +115,23 @@ def test_particle_energies_are_e3_and_permutation_invariant(name, dtype, tol):
     perm = torch.randperm(n, generator=gen)
     u2 = target.energy((x @ q.T + 3.0)[:, perm])
     assert ((u2 - u).abs() / u.abs().clamp(min=1)).max() < tol
+
+
+def test_molecule_atoms_are_not_interchangeable(aldp_conformations):
+    """aldp says its atoms are not identical particles, and indeed swapping a carbon with a hydrogen
+    changes the energy; the equivariant network then takes its node types from the force field."""
+    from molsample.build import particle_types
+
+    target = load_target("aldp")
+    assert not target.identical_particles
+    x = torch.as_tensor(aldp_conformations[:4])
+    elements = [a.element.symbol for a in target.topology.atoms]
+    i, j = elements.index("C"), elements.index("H")
+    swapped = x.clone()
+    swapped[:, [i, j]] = x[:, [j, i]]
+    assert (target.energy(swapped) - target.energy(x)).abs().min() > 1.0
+    node, edge = particle_types(target)
+    assert len(set(node.tolist())) > 1 and edge is not None
 
 
 def test_score_is_minus_gradient_by_finite_differences():

@@ -41,6 +41,9 @@ class Target(ABC):
     temperature: float | None = None
     #: True when the density is defined on the subspace of zero unweighted centroid.
     com_free: bool = False
+    #: True when every particle is of one kind (LJ, DW4): relabelling particles leaves u unchanged.
+    #: False for molecules, whose atoms carry force-field types.
+    identical_particles: bool = False
 
     @property
     def n_particles(self) -> int | None:

@@ -50,6 +50,7 @@ class LennardJones(Target):
     """
 
     com_free = True
+    identical_particles = True
 
     def __init__(self, n_particles: int = 13, epsilon: float = 1.0, r_m: float = 1.0,
                  tether: float = 0.5, tau: float = 1.0, convention: str = "pairs-once",
@@ -106,6 +107,7 @@ class DoubleWell4(Target):
     """
 
     com_free = True
+    identical_particles = True
 
     def __init__(self, n_particles: int = 4, a: float = 0.9, b: float = -4.0, c: float = 0.0,
                  d0: float = 4.0, tau: float = 1.0, name: str = "dw4"):
