@@ -1,6 +1,6 @@
 """Where a K-step deterministic map folds (det <= 0), in terms of its prior draws.
 
-    python benchmarks/diag_folds.py CHECKPOINT [--n 131072] [--steps 1 2] [--seed 0]
+    python benchmarks/diag_folds.py CHECKPOINT [--n 131072] [--steps 1 2] [--seed 0] [--spectrum 256]
 
 For each K: the number of samples whose map has det <= 0 (or a non-finite Jacobian) at some step
 (their exact weights are not valid), which of the K steps folds, and the fold rate by how far out
@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--spectrum", type=int, default=0, metavar="M",
+                    help="also the first step's Jacobian spectrum at M draws per K")
     args = ap.parse_args()
     exp, ckpt = load_checkpoint(args.checkpoint)
     space, s0 = exp.space, exp.prior.s0
@@ -65,6 +67,30 @@ def main() -> None:
             sel = (tail > a) & (tail <= b)
             rates.append(f"{folded[sel].sum()} / {sel.sum()}" if sel.any() else "-")
         print(f"| {k_steps} | {folded.sum()} | {', '.join(map(str, per_step))} | " + " | ".join(rates) + " |")
+    if args.spectrum:
+        spectrum(exp, velocity, args.steps, args.spectrum, args.seed)
+
+
+def spectrum(exp, velocity, steps, m, seed) -> None:
+    print(f"\nFirst step's Jacobian J at {m} prior draws (medians; sym(J) = (J + J^T) / 2):")
+    print("| K | det | draws | with 0 / 1 / 2 / 3 / >= 4 negative real eigenvalues | smallest singular value "
+          "| 2nd smallest | lambda_min(sym J) | largest singular value |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k_steps in steps:
+        gen = torch.Generator().manual_seed(seed)
+        x = exp.prior.sample(m, gen, dtype=exp.dtype)
+        vol = step_log_volume(velocity, x, 0.0, 1.0 / k_steps, exp.space, "exact")
+        jac = vol.jacobian.double()
+        neg = (torch.linalg.eigvals(jac).real < 0).sum(1).numpy()
+        sv = torch.linalg.svdvals(jac).numpy()                               # descending
+        sym = torch.linalg.eigvalsh(0.5 * (jac + jac.transpose(1, 2)))[:, 0].numpy()
+        positive = vol.sign.numpy() > 0
+        for label, sel in (("> 0", positive), ("<= 0", ~positive)):
+            if not sel.any():
+                continue
+            counts = np.bincount(np.minimum(neg[sel], 4), minlength=5)
+            print(f"| {k_steps} | {label} | {sel.sum()} | {' / '.join(map(str, counts))} | {np.median(sv[sel, -1]):.3f} "
+                  f"| {np.median(sv[sel, -2]):.3f} | {np.median(sym[sel]):.3f} | {np.median(sv[sel, 0]):.2f} |")
 
 
 if __name__ == "__main__":
