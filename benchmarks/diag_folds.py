@@ -95,11 +95,15 @@ def hessian_at_minimum(exp, frames_path) -> None:
     ev = np.linalg.eigvalsh(hess.numpy())
     scale = max(1e-6 * abs(ev).max(), 1e-8)
     vib = ev[ev > scale]
+    lo, hi = 1 / np.sqrt(vib.max()), 1 / np.sqrt(vib.min())
+    prior = exp.prior
+    p_lo, p_hi = ((1 / np.sqrt(prior.evals.max().item()), 1 / np.sqrt(prior.evals.min().item()))
+                  if hasattr(prior, "evals") else (prior.s0, prior.s0))
     print(f"\nu's Hessian at the relaxed lowest-energy frame of {frames_path} (u {u0.min():.3f} -> {res.fun:.3f} kT): "
           f"{(abs(ev) <= scale).sum()} zero modes, {len(vib)} vibrational, eigenvalues {vib.min():.4g} to "
-          f"{vib.max():.4g}; thermal spread 1 / sqrt(eigenvalue) {1 / np.sqrt(vib.max()):.4g} to "
-          f"{1 / np.sqrt(vib.min()):.4g}; divided by s0 = {exp.prior.s0:g}: the singular values a map from the "
-          f"prior needs along those modes")
+          f"{vib.max():.4g}; thermal spread 1 / sqrt(eigenvalue) {lo:.4g} to {hi:.4g}. The prior's spread per "
+          f"direction: {p_lo:.4g} to {p_hi:.4g}; a map from the prior contracts the stiffest vibration by about "
+          f"{lo / p_lo:.3g} (thermal / narrowest prior spread) to {lo / p_hi:.3g} (thermal / widest)")
     if (ev < -scale).any():
         print(f"  (not a minimum: {(ev < -scale).sum()} negative eigenvalues, lowest {ev.min():.4g})")
 
