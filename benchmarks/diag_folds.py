@@ -96,9 +96,7 @@ def hessian_at_minimum(exp, frames_path) -> None:
     scale = max(1e-6 * abs(ev).max(), 1e-8)
     vib = ev[ev > scale]
     lo, hi = 1 / np.sqrt(vib.max()), 1 / np.sqrt(vib.min())
-    prior = exp.prior
-    p_lo, p_hi = ((1 / np.sqrt(prior.evals.max().item()), 1 / np.sqrt(prior.evals.min().item()))
-                  if hasattr(prior, "evals") else (prior.s0, prior.s0))
+    p_lo, p_hi = exp.prior.spread_range()
     print(f"\nu's Hessian at the relaxed lowest-energy frame of {frames_path} (u {u0.min():.3f} -> {res.fun:.3f} kT): "
           f"{(abs(ev) <= scale).sum()} zero modes, {len(vib)} vibrational, eigenvalues {vib.min():.4g} to "
           f"{vib.max():.4g}; thermal spread 1 / sqrt(eigenvalue) {lo:.4g} to {hi:.4g}. The prior's spread per "

@@ -105,6 +105,10 @@ class Prior:
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return -x / self.s0**2
 
+    def spread_range(self) -> tuple[float, float]:
+        """Smallest and largest standard deviation of the prior along any direction of the space."""
+        return self.s0, self.s0
+
 
 class HarmonicPrior(Prior):
     """p0(x) proportional to exp(-0.5 x^T (L / b^2 + I / s0^2) x) on the zero-centroid subspace,
@@ -154,6 +158,9 @@ class HarmonicPrior(Prior):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return -torch.einsum("ij,bjs->bis", self.precision.to(x.dtype).to(x.device), x)
+
+    def spread_range(self) -> tuple[float, float]:
+        return 1 / math.sqrt(self.evals.max().item()), 1 / math.sqrt(self.evals.min().item())
 
 
 def _bt(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -370,6 +370,11 @@ def test_harmonic_prior_density_samples_and_score():
     cov = torch.cov((x.reshape(len(x), -1) @ q).T)
     expected = torch.linalg.inv(q.T @ torch.kron(prior.precision, torch.eye(3, dtype=torch.float64)) @ q)
     assert (cov - expected).abs().max() < 0.03 * expected.abs().max()
+    # spread_range: the narrowest and widest standard deviation of the samples over directions
+    sd = torch.linalg.eigvalsh(cov).sqrt()
+    lo, hi = prior.spread_range()
+    assert abs(sd.min() / lo - 1) < 0.03 and abs(sd.max() / hi - 1) < 0.03
+    assert Prior(space, 2.0).spread_range() == (2.0, 2.0)
     # log_prob is a normalised Gaussian density on the subspace: compare with torch's MVN there
     mvn = torch.distributions.MultivariateNormal(torch.zeros(q.shape[1], dtype=torch.float64), expected)
     y = x[:5]
