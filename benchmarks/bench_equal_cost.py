@@ -1,7 +1,7 @@
 """K-step deterministic sampling vs the model's own N_base-step SDE at EQUAL network evaluations.
 
     python benchmarks/bench_equal_cost.py CHECKPOINT [--sde-n 4096] [--repeats 5] [--steps 1 2 4 8]
-        [--seed-offset 1000]
+        [--seed-offset 1000] [--draws independent|sobol ...]
 
 The SDE draws --sde-n paths of N_base steps (sde_n * N_base network evaluations). Each K-step
 deterministic sampler gets the same number of evaluations: n_K = sde_n * N_base / K samples, all
@@ -11,6 +11,11 @@ a bootstrap error from one run can be too small, so the spread over repeats is t
 counts. Columns: mean signed log Z_hat - log Z +- its standard deviation over repeats, the RMS
 error over repeats, the median bootstrap error of one run, mean Kish ESS, samples with det <= 0
 (all repeats), and sampling wall seconds per repeat. Prints a Markdown table.
+
+--draws sobol repeats every configuration with randomised quasi-Monte Carlo inputs: the K-step
+maps start from a scrambled Sobol' sequence of prior points, and the SDE takes its prior point and
+all N_base noise vectors from one scrambled Sobol' sequence in (N_base + 1) * dof dimensions. Seed
+r of a configuration is then the scrambling seed, so the spread over seeds is again the error.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from molsample.estimate import ess, log_z
+from molsample.flow import sobol_normal
 from molsample.losses import simulate_path
 from molsample.sampler import sample
 from molsample.train import load_checkpoint
@@ -43,6 +49,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--seed-offset", type=int, default=1000,
                     help="seed r of each configuration is seed-offset + r (another offset: an independent rerun)")
+    ap.add_argument("--draws", nargs="+", choices=("independent", "sobol"), default=["independent"],
+                    help="random inputs: independent draws, scrambled Sobol' (randomised QMC), or both")
     args = ap.parse_args()
     if args.repeats < 2:
         raise SystemExit("--repeats must be at least 2 (the spread over repeats is the error)")
@@ -63,33 +71,39 @@ def main() -> None:
     print("| sampler | samples | log Z_hat - log Z (mean +- sd over seeds) | RMS error | bootstrap error (median) | "
           "ESS | det<=0 | wall s |")
     print("|---|---|---|---|---|---|---|---|")
-    for k in steps:
-        n = budget // k
-        errs, ses, esss, n_bad, secs = [], [], [], 0, []
+    for draws in args.draws:
+        sobol = draws == "sobol"
+        tag = ", Sobol' inputs" if sobol else ""
+        for k in steps:
+            n = budget // k
+            errs, ses, esss, n_bad, secs = [], [], [], 0, []
+            for r in range(args.repeats):
+                gen = torch.Generator().manual_seed(args.seed_offset + r)
+                s = sample(exp.velocity(), exp.prior, target, n, k, "exact", gen, batch_size=args.batch,
+                           dtype=exp.dtype, schedule=exp.schedule if exp.route == "energy" else None,
+                           qmc_seed=args.seed_offset + r if sobol else None)
+                lw = s.log_w.double().numpy()
+                lz = log_z(lw, rng=np.random.default_rng(r))
+                errs.append(lz.value - target.log_z), ses.append(lz.stderr)
+                esss.append(ess(lw, n_boot=0).value), secs.append(s.seconds)
+                n_bad += s.n_nonpositive_det
+            print(summarise(f"K = {k}, exact weights{tag}", n, errs, ses, esss, n_bad, secs), flush=True)
+        if exp.route != "energy":
+            continue
+        errs, ses, esss, secs = [], [], [], []
+        dof = exp.prior.space.dof
         for r in range(args.repeats):
             gen = torch.Generator().manual_seed(args.seed_offset + r)
-            s = sample(exp.velocity(), exp.prior, target, n, k, "exact", gen, batch_size=args.batch,
-                       dtype=exp.dtype, schedule=exp.schedule if exp.route == "energy" else None)
-            lw = s.log_w.double().numpy()
+            normals = sobol_normal(args.sde_n, (n_base + 1) * dof, args.seed_offset + r) if sobol else None
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                path = simulate_path(exp.model, exp.schedule, exp.prior, target, args.sde_n, n_base, gen,
+                                     exp.dtype, differentiable=False, normals=normals)
+            secs.append(time.perf_counter() - t0)
+            lw = path.log_w.double().numpy()
             lz = log_z(lw, rng=np.random.default_rng(r))
-            errs.append(lz.value - target.log_z), ses.append(lz.stderr)
-            esss.append(ess(lw, n_boot=0).value), secs.append(s.seconds)
-            n_bad += s.n_nonpositive_det
-        print(summarise(f"K = {k}, exact weights", n, errs, ses, esss, n_bad, secs), flush=True)
-    if exp.route != "energy":
-        return
-    errs, ses, esss, secs = [], [], [], []
-    for r in range(args.repeats):
-        gen = torch.Generator().manual_seed(args.seed_offset + r)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            path = simulate_path(exp.model, exp.schedule, exp.prior, target, args.sde_n, n_base, gen, exp.dtype,
-                                 differentiable=False)
-        secs.append(time.perf_counter() - t0)
-        lw = path.log_w.double().numpy()
-        lz = log_z(lw, rng=np.random.default_rng(r))
-        errs.append(lz.value - target.log_z), ses.append(lz.stderr), esss.append(ess(lw, n_boot=0).value)
-    print(summarise(f"{n_base}-step SDE, path weights", args.sde_n, errs, ses, esss, 0, secs))
+            errs.append(lz.value - target.log_z), ses.append(lz.stderr), esss.append(ess(lw, n_boot=0).value)
+        print(summarise(f"{n_base}-step SDE, path weights{tag}", args.sde_n, errs, ses, esss, 0, secs), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,24 +26,37 @@ class EMPath:
 
 def simulate_path(drift, schedule: CosineSchedule, prior: Prior, target, n: int, n_base: int,
                   generator: torch.Generator | None, dtype=torch.float32, device="cpu",
-                  differentiable: bool = True, score_fixed: bool = False, noise_scale: float = 1.0) -> EMPath:
+                  differentiable: bool = True, score_fixed: bool = False, noise_scale: float = 1.0,
+                  normals: torch.Tensor | None = None) -> EMPath:
     """Simulate the N_base-step SDE from the prior and accumulate log w along it.
 
     log w = log pi~(x_N) - [log p0(x_0) + sum_k (log F(x_{k+1}|x_k) - log B(x_k|x_{k+1}))].
     With ``differentiable`` the loss backpropagates through the whole path (reverse KL).
     ``noise_scale`` != 1 draws the states with the kernel noise scaled (an exploration behaviour
-    for the log-variance loss); log w still uses the model's kernel F.
+    for the log-variance loss); log w still uses the model's kernel F. ``normals`` (n, (n_base + 1)
+    dof), standard normal coordinates of the space, replaces the generator's draws: the first dof
+    columns give the prior point, the next dof the first step's noise, and so on (e.g. a scrambled
+    Sobol' sequence, :func:`molsample.flow.sobol_normal`).
     """
     space = prior.space
     delta = 1.0 / n_base
-    x = prior.sample(n, generator, dtype=dtype).to(device)
+    if normals is not None:
+        if tuple(normals.shape) != (n, (n_base + 1) * space.dof):
+            raise ValueError(f"normals must have shape ({n}, {(n_base + 1) * space.dof}), got {tuple(normals.shape)}")
+        blocks = normals.to(torch.float64).reshape(n, n_base + 1, space.dof)
+        x = prior.from_standard(blocks[:, 0]).to(dtype=dtype, device=device)
+    else:
+        x = prior.sample(n, generator, dtype=dtype).to(device)
     log_ratio = prior.log_prob(x)
     states = [x.detach()]
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
         for k in range(n_base):
             t = k * delta
             mean, std = em_mean(drift, schedule, x, t, delta, score_fixed=score_fixed)
-            eps = space.randn(n, generator, dtype=dtype).to(device)
+            if normals is not None:
+                eps = space.from_coordinates(blocks[:, k + 1]).to(dtype=dtype, device=device)
+            else:
+                eps = space.randn(n, generator, dtype=dtype).to(device)
             x_next = mean + noise_scale * std * eps
             log_f = space.gaussian_log_prob(x_next - mean, std.reshape(-1)[0] ** 2)
             b_mean, b_std = reference_backward_mean(schedule, x_next, t, delta)

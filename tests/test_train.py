@@ -256,6 +256,17 @@ def test_cli_train_sample_estimate(tmp_path, capsys):
     assert res["steps"] == 2 and res["weights"] == "exact" and 0 < res["ess"]["value"] <= 1
     assert 0 <= res["fraction_monotone"] <= 1
     assert abs(res["delta_log_z"] - res["log_z"]["value"]) < 1e-12   # gmm40 has log Z = 0
+    assert res["prior_draws"] == "independent"
+    # --qmc: the prior points are a scrambled Sobol' sequence seeded by --seed; recorded and noted
+    for seed in (0, 0, 1):
+        assert main(["sample", str(out / CHECKPOINT), "--n", "256", "--steps", "1", "--qmc", "--seed", str(seed),
+                     "--out", str(tmp_path / f"q{seed}.npz")]) == 0
+    capsys.readouterr()
+    assert main(["estimate", str(tmp_path / "q0.npz")]) == 0
+    assert "Sobol" in capsys.readouterr().out
+    assert json.loads(str(np.load(tmp_path / "q0.npz")["meta"]))["prior_draws"] == "sobol"
+    q0, q1 = np.load(tmp_path / "q0.npz")["x"], np.load(tmp_path / "q1.npz")["x"]
+    assert np.isfinite(q0).all() and not np.allclose(q0, q1)
     assert main(["train", str(TINY), "--out", str(out), "--quiet"]) == 2          # exists, no --resume
 
 
