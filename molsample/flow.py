@@ -190,10 +190,8 @@ class HarmonicPrior(Prior):
                                                        - (n - 1) * math.log(2 * math.pi))
 
     def sample(self, n: int, generator=None, dtype=torch.float64, device=None) -> torch.Tensor:
-        k, s = self.evals.shape[0], self.space.event_shape[1]
-        z = torch.randn((n, k, s), generator=generator, dtype=torch.float64)
-        x = torch.einsum("ik,bks->bis", self.evecs / torch.sqrt(self.evals), z)
-        return x.to(dtype=dtype, device=device if device is not None else "cpu")
+        z = torch.randn((n, self.space.dof), generator=generator, dtype=torch.float64)
+        return self.from_standard(z).to(dtype=dtype, device=device if device is not None else "cpu")
 
     def from_standard(self, z: torch.Tensor) -> torch.Tensor:
         k, s = self.evals.shape[0], self.space.event_shape[1]
