@@ -36,8 +36,8 @@ from molsample.train import load_checkpoint
 def summarise(label: str, n: int, errors, stderrs, esss, n_bad, seconds) -> str:
     e = np.asarray(errors)
     spread = e.std(ddof=1) if len(e) > 1 else float("nan")
-    return (f"| {label} | {n:,} | {e.mean():+.3f} +- {spread:.3f} | {np.sqrt(np.mean(e**2)):.3f} | "
-            f"{np.median(stderrs):.3f} | {np.mean(esss):.5f} | {n_bad} | {np.mean(seconds):.1f} |")
+    return (f"| {label} | {n:,} | {e.mean():+.4f} +- {spread:.4f} | {np.sqrt(np.mean(e**2)):.4f} | "
+            f"{np.median(stderrs):.4f} | {np.mean(esss):.5f} | {n_bad} | {np.mean(seconds):.1f} |")
 
 
 def main() -> None:
