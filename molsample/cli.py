@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--qmc", action="store_true",
                    help="prior points from a scrambled Sobol' sequence seeded by --seed (randomised quasi-Monte "
-                        "Carlo: unbiased, lower-variance weights; use --n a power of two)")
+                        "Carlo: unbiased, lower variance where the weights are smooth in the prior point, no gain on "
+                        "heavy-tailed weights; use --n a power of two)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_sample)
 
