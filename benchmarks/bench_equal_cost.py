@@ -2,11 +2,14 @@
 
     python benchmarks/bench_equal_cost.py CHECKPOINT [--sde-n 4096] [--repeats 5] [--steps 1 2 4 8]
         [--seed-offset 1000] [--draws independent|sobol ...]
+    python benchmarks/bench_equal_cost.py CHECKPOINT --steps 8 1/4,1/4,1/8,1/8,1/16,1/16,1/16,1/16 ...
 
 The SDE draws --sde-n paths of N_base steps (sde_n * N_base network evaluations). Each K-step
 deterministic sampler gets the same number of evaluations: n_K = sde_n * N_base / K samples, all
 with exact weights (the weights cost K exact Jacobians per sample on top, so wall time is shown
-too). Every configuration is repeated with --repeats independent seeds: with heavy-tailed weights
+too). A step spec is K (K equal steps) or comma-separated step sizes summing to 1 (a non-uniform
+schedule of as many network evaluations as sizes); every step (t, d) must be one the model was
+trained on: d = 2^j / N_base and t a multiple of d. Every configuration is repeated with --repeats independent seeds: with heavy-tailed weights
 a bootstrap error from one run can be too small, so the spread over repeats is the error that
 counts. Columns: mean signed log Z_hat - log Z +- its standard deviation over repeats, the RMS
 error over repeats, the median bootstrap error of one run, mean Kish ESS, samples with det <= 0
@@ -29,8 +32,20 @@ import torch
 from molsample.estimate import ess, log_z
 from molsample.flow import sobol_normal
 from molsample.losses import simulate_path
-from molsample.sampler import sample
+from molsample.sampler import parse_steps, sample, step_grid, steps_label
 from molsample.train import load_checkpoint
+
+
+def on_training_grid(steps, n_base: int) -> bool:
+    """Whether every (t, d) of the schedule is a big step of training: d = 2^j / N_base, t = m d."""
+    for t, d in step_grid(steps):
+        span, start = d * n_base, t * n_base
+        if abs(span - round(span)) > 1e-9 or abs(start - round(start)) > 1e-9:
+            return False
+        span, start = int(round(span)), int(round(start))
+        if span & (span - 1) or start % span:
+            return False
+    return True
 
 
 def summarise(label: str, n: int, errors, stderrs, esss, n_bad, seconds) -> str:
@@ -45,7 +60,8 @@ def main() -> None:
     ap.add_argument("checkpoint")
     ap.add_argument("--sde-n", type=int, default=4096, help="SDE paths; sets the evaluation budget")
     ap.add_argument("--repeats", type=int, default=5, help="independent seeds per configuration")
-    ap.add_argument("--steps", type=int, nargs="+", default=None, help="K values (default 1, 2, 4, ... N_base)")
+    ap.add_argument("--steps", nargs="+", default=None,
+                    help="K values or step-size lists such as 1/2,1/4,1/4 (default 1, 2, 4, ... N_base)")
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--seed-offset", type=int, default=1000,
                     help="seed r of each configuration is seed-offset + r (another offset: an independent rerun)")
@@ -58,10 +74,15 @@ def main() -> None:
     target, n_base = exp.target, exp.config.train.n_base
     if target.log_z is None:
         raise SystemExit(f"target {target.name!r} has no exact log Z to compare with")
-    steps = args.steps or [2**j for j in range(int(np.log2(n_base)) + 1)]
-    bad = [k for k in steps if n_base % k]
+    try:
+        steps = [parse_steps(k) for k in args.steps] if args.steps else \
+            [2**j for j in range(int(np.log2(n_base)) + 1)]
+    except ValueError as e:
+        raise SystemExit(str(e))
+    bad = [steps_label(k) for k in steps if not on_training_grid(k, n_base)]
     if bad:
-        raise SystemExit(f"K must divide N_base = {n_base}; got {bad}")
+        raise SystemExit(f"every step must be one the model was trained on (d = 2^j / N_base with N_base = {n_base}, "
+                         f"t a multiple of d); not so for {bad}")
     budget = args.sde_n * n_base
     print(f"# {target.name}: {args.checkpoint}, trained {ckpt['state']['iteration']} iterations, "
           f"{ckpt['state']['cpu_seconds'] / 60:.1f} CPU-min | {budget:,} network evaluations per estimate | "
@@ -75,7 +96,7 @@ def main() -> None:
         sobol = draws == "sobol"
         tag = ", Sobol' inputs" if sobol else ""
         for k in steps:
-            n = budget // k
+            n = budget // len(step_grid(k))
             errs, ses, esss, n_bad, secs = [], [], [], 0, []
             for r in range(args.repeats):
                 gen = torch.Generator().manual_seed(args.seed_offset + r)
@@ -87,7 +108,8 @@ def main() -> None:
                 errs.append(lz.value - target.log_z), ses.append(lz.stderr)
                 esss.append(ess(lw, n_boot=0).value), secs.append(s.seconds)
                 n_bad += s.n_nonpositive_det
-            print(summarise(f"K = {k}, exact weights{tag}", n, errs, ses, esss, n_bad, secs), flush=True)
+            name = f"K = {k}" if isinstance(k, int) else f"K = {len(step_grid(k))} ({steps_label(k)})"
+            print(summarise(f"{name}, exact weights{tag}", n, errs, ses, esss, n_bad, secs), flush=True)
         if exp.route != "energy":
             continue
         errs, ses, esss, secs = [], [], [], []

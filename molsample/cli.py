@@ -86,10 +86,20 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _steps_arg(text: str):
+    import argparse
+
+    from .sampler import parse_steps
+    try:
+        return parse_steps(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _cmd_sample(args) -> int:
     import torch
 
-    from .sampler import sample
+    from .sampler import sample, steps_label
     from .train import load_checkpoint
 
     exp, ckpt = load_checkpoint(args.checkpoint, args.device)
@@ -98,8 +108,8 @@ def _cmd_sample(args) -> int:
                batch_size=args.batch_size, dtype=exp.dtype, device=exp.device,
                schedule=exp.schedule if exp.route == "energy" else None,
                qmc_seed=args.seed if args.qmc else None)
-    meta = {"system": exp.target.name, "checkpoint": str(args.checkpoint), "steps": args.steps,
-            "weights": args.weights, "n": args.n, "seed": args.seed, "seconds": s.seconds,
+    meta = {"system": exp.target.name, "checkpoint": str(args.checkpoint), "steps": s.steps,
+            "step_sizes": list(s.step_sizes), "weights": args.weights, "n": args.n, "seed": args.seed, "seconds": s.seconds,
             "prior_draws": s.info["prior_draws"],
             "n_nonpositive_det": s.n_nonpositive_det,
             "lipschitz_max": s.lipschitz_max if np.isfinite(s.lipschitz_max) else None,
@@ -117,7 +127,8 @@ def _cmd_sample(args) -> int:
             raise ValueError(f"--traj needs a molecular system; {exp.target.name} has no topology")
         import mdtraj
         mdtraj.Trajectory(s.x.double().cpu().numpy(), topology).save(args.traj)
-    print(f"wrote {args.n} samples ({args.steps} step(s), {args.weights} weights, {s.seconds:.1f} s) to {out}"
+    label = "" if isinstance(args.steps, int) else f": {steps_label(args.steps)}"
+    print(f"wrote {args.n} samples ({s.steps} step(s){label}, {args.weights} weights, {s.seconds:.1f} s) to {out}"
           + (f"; det <= 0 at {s.n_nonpositive_det} samples" if args.weights == "exact" else ""))
     return 0
 
@@ -131,7 +142,7 @@ def _cmd_estimate(args) -> int:
         log_w = data["log_w"]
         meta = json.loads(str(data["meta"])) if "meta" in data else {}
     result = {"file": str(args.file), **summarise(log_w, n_boot=args.bootstrap, seed=args.seed), **{
-        k: meta[k] for k in ("system", "steps", "weights", "n_nonpositive_det", "lipschitz_max", "fraction_monotone",
+        k: meta[k] for k in ("system", "steps", "step_sizes", "weights", "n_nonpositive_det", "lipschitz_max", "fraction_monotone",
                              "prior_draws")
         if k in meta}}
     if meta.get("log_z_true") is not None:
@@ -314,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw K-step samples with importance weights from a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--n", type=int, required=True)
-    p.add_argument("--steps", type=int, default=1, help="K deterministic steps (1 = one network evaluation)")
+    p.add_argument("--steps", type=_steps_arg, default=1,
+                   help="K equal deterministic steps (1 = one network evaluation), or the step sizes, "
+                        "comma-separated and summing to 1, e.g. 1/4,1/4,1/4,1/8,1/16,1/16 (finer near the target)")
     p.add_argument("--weights", choices=("exact", "trace", "hutchinson", "paper"), default="exact")
     p.add_argument("--out", required=True, help=".npz with x, log_q, log_w, log_prob")
     p.add_argument("--traj", help="also write the samples as a trajectory (molecules; .pdb/.dcd/.h5)")

@@ -1,12 +1,14 @@
 """K-step deterministic sampling with log q, and deterministic-flow (DF) importance weights.
 
-x_0 ~ p0, x_{k+1} = Phi(x_k; k/K, 1/K); log q(x_K) = log p0(x_0) - sum_k log|det dPhi/dx(x_k)|;
-log w = log pi~(x_K) - log q(x_K).
+x_0 ~ p0, x_{k+1} = Phi(x_k; t_k, d_k) with t_{k+1} = t_k + d_k, t_0 = 0, t_K = 1 (uniform: d_k = 1/K);
+log q(x_K) = log p0(x_0) - sum_k log|det dPhi/dx(x_k)|; log w = log pi~(x_K) - log q(x_K).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import torch
 
@@ -14,11 +16,67 @@ from .flow import Prior, _bt, as_times, pf_step
 from .jacobian import direct_step_ratio, lipschitz_ratio, step_log_volume
 
 
+def step_grid(steps) -> list[tuple[float, float]]:
+    """The (t_k, d_k) of a deterministic sampler: ``steps`` is K (K equal steps of 1/K) or a sequence
+    of step sizes d_k > 0 summing to 1, e.g. ``[0.25, 0.25, 0.25, 0.125, 0.0625, 0.0625]``: six network
+    evaluations with finer steps near the target (t = 1). Times are summed exactly (as fractions), so
+    a schedule of dyadic steps visits exactly the times a uniform one of the finest step does.
+    """
+    if isinstance(steps, (int,)) and not isinstance(steps, bool):
+        if steps < 1:
+            raise ValueError(f"steps must be a positive number of steps, got {steps}")
+        return [(k / steps, 1.0 / steps) for k in range(steps)]
+    try:
+        sizes = [Fraction(str(float(d))) if not isinstance(d, Fraction) else d for d in steps]
+    except (TypeError, ValueError):
+        raise ValueError(f"steps must be an integer K or a list of step sizes, got {steps!r}") from None
+    if not sizes:
+        raise ValueError("the list of step sizes is empty")
+    if any(not math.isfinite(float(d)) or d <= 0 for d in sizes):
+        raise ValueError(f"every step size must be positive and finite, got {[float(d) for d in sizes]}")
+    total = sum(sizes)
+    if abs(float(total) - 1.0) > 1e-9:
+        raise ValueError(f"the step sizes must sum to 1 (from t = 0 to t = 1), they sum to {float(total):.9g}: "
+                         f"{[float(d) for d in sizes]}")
+    grid, t = [], Fraction(0)
+    for d in sizes:
+        grid.append((float(t), float(d)))
+        t += d
+    return grid
+
+
+def parse_steps(text: str):
+    """A command-line step spec: ``8`` (K uniform steps) or comma-separated step sizes, each a
+    number or a fraction: ``1/4,1/4,1/4,1/8,1/16,1/16``. Returns an int or a list of floats."""
+    text = str(text).strip()
+    if "," not in text and "/" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"steps {text!r}: give an integer K or comma-separated step sizes "
+                             f"such as 1/4,1/4,1/2") from None
+    try:
+        sizes = [float(Fraction(part.strip())) for part in text.split(",") if part.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"steps {text!r}: could not read the step sizes; give fractions or decimals "
+                         f"separated by commas, such as 1/4,1/4,1/2") from None
+    step_grid(sizes)                                         # validates (positive, sum to 1)
+    return sizes
+
+
+def steps_label(steps) -> str:
+    """K for uniform steps, else the step sizes as fractions of the unit interval (e.g. 1/4+1/4+1/2)."""
+    if isinstance(steps, int):
+        return str(steps)
+    return "+".join(str(Fraction(d).limit_denominator(1 << 20)) for _, d in step_grid(steps))
+
+
 @dataclass(frozen=True)
 class Samples:
     """Samples of a K-step map with their log densities.
 
     x : (M, *event_shape); log_q, log_w, log_prob : (M,); ``log_prob`` is -u(x) (unnormalised).
+    steps : number of network evaluations per sample; step_sizes : the d_k of the steps.
     n_nonpositive_det : samples where some step had det <= 0 or a non-finite Jacobian (``exact``
     only; their weights are not valid). lipschitz_max : largest measured bijectivity ratio
     (``exact`` only; < 1 is needed).
@@ -29,6 +87,7 @@ class Samples:
     log_prob: torch.Tensor
     steps: int
     method: str
+    step_sizes: tuple = ()
     n_nonpositive_det: int = 0
     lipschitz_max: float = float("nan")
     seconds: float = 0.0
@@ -42,6 +101,7 @@ def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str 
     bijectivity ratio over the steps; smallest eigenvalue of the symmetric part of a step Jacobian
     over the steps (inf / -inf after a non-finite Jacobian).
 
+    ``steps``: K equal steps or a list of step sizes summing to 1 (:func:`step_grid`).
     ``method`` as in :func:`molsample.jacobian.step_log_volume`; ``None`` skips log q.
     """
     x = x0
@@ -49,9 +109,7 @@ def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str 
     bad = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
     lip = torch.full((x0.shape[0],), float("nan"), dtype=x0.dtype, device=x0.device)
     mono = torch.full((x0.shape[0],), float("nan"), dtype=x0.dtype, device=x0.device)
-    d = 1.0 / steps
-    for k in range(steps):
-        t = k * d
+    for t, d in step_grid(steps):
         if method:
             vol = step_log_volume(velocity, x, t, d, prior.space, method, generator=generator, **kw)
             log_q = log_q - vol.log_det.detach()
@@ -73,6 +131,8 @@ def sample(velocity, prior: Prior, target, n: int, steps: int, method: str = "ex
            generator: torch.Generator | None = None, batch_size: int = 1024, dtype=torch.float32,
            device="cpu", schedule=None, qmc_seed: int | None = None) -> Samples:
     """Draw n samples with a K-step deterministic map and their DF importance weights.
+
+    ``steps``: K equal steps, or a list of step sizes summing to 1 (:func:`step_grid`).
 
     With ``qmc_seed`` the prior points are a scrambled Sobol' sequence with that seed
     (randomised quasi-Monte Carlo, :meth:`molsample.flow.Prior.sample_qmc`) instead of independent
@@ -97,8 +157,9 @@ def sample(velocity, prior: Prior, target, n: int, steps: int, method: str = "ex
     x, log_q, log_prob = torch.cat(xs), torch.cat(lq), torch.cat(lp)
     lip_all, mono_all = torch.cat(lip), torch.cat(mono)
     lip_max = float(lip_all[~torch.isnan(lip_all)].max()) if (~torch.isnan(lip_all)).any() else float("nan")
-    return Samples(x=x, log_q=log_q, log_w=log_prob - log_q, log_prob=log_prob, steps=steps, method=method,
-                   n_nonpositive_det=int(torch.cat(bad).sum()), lipschitz_max=lip_max,
+    grid = step_grid(steps)
+    return Samples(x=x, log_q=log_q, log_w=log_prob - log_q, log_prob=log_prob, steps=len(grid), method=method,
+                   step_sizes=tuple(d for _, d in grid), n_nonpositive_det=int(torch.cat(bad).sum()), lipschitz_max=lip_max,
                    seconds=time.perf_counter() - t0,
                    info={"fraction_lipschitz_below_1": _share(lip_all < 1, lip_all),
                          "fraction_monotone": _share(mono_all > 0, mono_all),
@@ -138,14 +199,14 @@ def log_q_of(velocity, prior: Prior, y: torch.Tensor, steps: int, method: str = 
     """log q(y) of the K-step map at given points y (e.g. exact target samples), by inverting the
     steps. Returns (log_q, residual) with residual the largest fixed-point residual per sample
     (large residuals mean y is not in the range of the map, or the map is not invertible there)."""
-    d = 1.0 / steps
+    grid = step_grid(steps)
     xs, res = [y], torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
-    for k in reversed(range(steps)):
-        x, r = invert_step(velocity, xs[-1], k * d, d, max_iter, tol)
+    for t, d in reversed(grid):
+        x, r = invert_step(velocity, xs[-1], t, d, max_iter, tol)
         xs.append(x)
         res = torch.fmax(res, r)
     xs = xs[::-1]                                             # x_0 ... x_K
     log_q = prior.log_prob(xs[0])
-    for k in range(steps):
-        log_q = log_q - step_log_volume(velocity, xs[k], k * d, d, prior.space, method, **kw).log_det.detach()
+    for k, (t, d) in enumerate(grid):
+        log_q = log_q - step_log_volume(velocity, xs[k], t, d, prior.space, method, **kw).log_det.detach()
     return log_q, res

@@ -267,6 +267,16 @@ def test_cli_train_sample_estimate(tmp_path, capsys):
     assert json.loads(str(np.load(tmp_path / "q0.npz")["meta"]))["prior_draws"] == "sobol"
     q0, q1 = np.load(tmp_path / "q0.npz")["x"], np.load(tmp_path / "q1.npz")["x"]
     assert np.isfinite(q0).all() and not np.allclose(q0, q1)
+    # a non-uniform step schedule: as many evaluations as step sizes, recorded in the file
+    assert main(["sample", str(out / CHECKPOINT), "--n", "200", "--steps", "1/2,1/4,1/4",
+                 "--out", str(tmp_path / "sched.npz")]) == 0
+    meta = json.loads(str(np.load(tmp_path / "sched.npz")["meta"]))
+    assert meta["steps"] == 3 and meta["step_sizes"] == [0.5, 0.25, 0.25]
+    assert np.isfinite(np.load(tmp_path / "sched.npz")["log_w"]).all()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):                                  # sizes that do not reach t = 1
+        main(["sample", str(out / CHECKPOINT), "--n", "10", "--steps", "1/2,1/4", "--out", str(tmp_path / "x.npz")])
+    assert "sum to 1" in capsys.readouterr().err
     assert main(["train", str(TINY), "--out", str(out), "--quiet"]) == 2          # exists, no --resume
 
 
