@@ -1,6 +1,6 @@
 """Which part of Neal's funnel a model reaches: the law of x_0 under its samplers, raw and reweighted.
 
-    python benchmarks/diag_funnel.py CHECKPOINT [--n 8192] [--steps 1 4 32] [--seed 0]
+    python benchmarks/diag_funnel.py CHECKPOINT [--n 8192] [--steps 1 4 32 1/16,1/16,1/8,1/4,1/2] [--seed 0]
 
 For the funnel target (x_0 ~ N(0, scale^2), x_i | x_0 ~ N(0, exp(x_0))) the marginal of x_0 is known
 exactly, so a sampler's coverage can be read off directly: the neck (very negative x_0, where the other
@@ -31,7 +31,7 @@ import torch
 from molsample.estimate import ess, log_z, snis
 from molsample.flow import pf_step
 from molsample.losses import simulate_path, two_half_steps
-from molsample.sampler import sample
+from molsample.sampler import parse_steps, sample, step_grid, steps_label
 from molsample.targets.analytic import Funnel
 from molsample.train import load_checkpoint
 
@@ -99,7 +99,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
     ap.add_argument("--n", type=int, default=8192)
-    ap.add_argument("--steps", type=int, nargs="+", default=[1, 4, 32])
+    ap.add_argument("--steps", type=parse_steps, nargs="+", default=[1, 4, 32],
+                    help="K equal steps or step sizes summing to 1, e.g. 1/16,1/16,1/8,1/4,1/2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--consistency", action="store_true",
                     help="also print the self-consistency residual by region of the path's end point")
@@ -125,7 +126,8 @@ def main() -> None:
         gen = torch.Generator().manual_seed(args.seed)
         s = sample(exp.velocity(), exp.prior, target, args.n, k, "exact", gen, dtype=exp.dtype,
                    schedule=exp.schedule)
-        report(f"K = {k}", s.x[:, 0].double().numpy(), s.log_w.double().numpy(), cut, target.log_z)
+        name = f"K = {k}" if isinstance(k, int) else f"K = {len(step_grid(k))} ({steps_label(k)})"
+        report(name, s.x[:, 0].double().numpy(), s.log_w.double().numpy(), cut, target.log_z)
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         path = simulate_path(exp.model, exp.schedule, exp.prior, target, args.n, n_base, gen, exp.dtype,
