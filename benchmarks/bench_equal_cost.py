@@ -67,6 +67,8 @@ def main() -> None:
                     help="seed r of each configuration is seed-offset + r (another offset: an independent rerun)")
     ap.add_argument("--draws", nargs="+", choices=("independent", "sobol"), default=["independent"],
                     help="random inputs: independent draws, scrambled Sobol' (randomised QMC), or both")
+    ap.add_argument("--per-seed", action="store_true",
+                    help="also print each seed's error and the share of the largest weight (heavy tails show there)")
     args = ap.parse_args()
     if args.repeats < 2:
         raise SystemExit("--repeats must be at least 2 (the spread over repeats is the error)")
@@ -108,6 +110,10 @@ def main() -> None:
                 errs.append(lz.value - target.log_z), ses.append(lz.stderr)
                 esss.append(ess(lw, n_boot=0).value), secs.append(s.seconds)
                 n_bad += s.n_nonpositive_det
+                if args.per_seed:
+                    print(f"#   seed {args.seed_offset + r}: log Z_hat - log Z {errs[-1]:+.4f}, largest weight "
+                          f"{np.exp(lw.max() - np.logaddexp.reduce(lw)):.3f} of the total, det <= 0 at "
+                          f"{s.n_nonpositive_det}", flush=True)
             name = f"K = {k}" if isinstance(k, int) else f"K = {len(step_grid(k))} ({steps_label(k)})"
             print(summarise(f"{name}, exact weights{tag}", n, errs, ses, esss, n_bad, secs), flush=True)
         if exp.route != "energy":
