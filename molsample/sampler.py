@@ -6,7 +6,9 @@ log q(x_K) = log p0(x_0) - sum_k log|det dPhi/dx(x_k)|; log w = log pi~(x_K) - l
 from __future__ import annotations
 
 import math
+import numbers
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -18,14 +20,16 @@ from .jacobian import direct_step_ratio, lipschitz_ratio, step_log_volume
 
 def step_grid(steps) -> list[tuple[float, float]]:
     """The (t_k, d_k) of a deterministic sampler: ``steps`` is K (K equal steps of 1/K) or a sequence
-    of step sizes d_k > 0 summing to 1, e.g. ``[0.25, 0.25, 0.25, 0.125, 0.0625, 0.0625]``: six network
-    evaluations with finer steps near the target (t = 1). Times are summed exactly (as fractions), so
+    of step sizes d_k > 0 summing to 1, e.g. ``[0.0625] * 4 + [0.25, 0.5]``: six network evaluations
+    with fine steps near the prior (t = 0). Times are summed exactly (as fractions), so
     a schedule of dyadic steps visits exactly the times a uniform one of the finest step does.
     """
-    if isinstance(steps, (int,)) and not isinstance(steps, bool):
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
+        steps = int(steps)
         if steps < 1:
             raise ValueError(f"steps must be a positive number of steps, got {steps}")
-        return [(k / steps, 1.0 / steps) for k in range(steps)]
+        d = 1.0 / steps
+        return [(k * d, d) for k in range(steps)]           # t = k d, as the uniform sampler always had
     try:
         sizes = [Fraction(str(float(d))) if not isinstance(d, Fraction) else d for d in steps]
     except (TypeError, ValueError):
@@ -66,7 +70,7 @@ def parse_steps(text: str):
 
 def steps_label(steps) -> str:
     """K for uniform steps, else the step sizes as fractions of the unit interval (e.g. 1/4+1/4+1/2)."""
-    if isinstance(steps, int):
+    if isinstance(steps, numbers.Integral):
         return str(steps)
     return "+".join(str(Fraction(d).limit_denominator(1 << 20)) for _, d in step_grid(steps))
 
@@ -94,7 +98,7 @@ class Samples:
     info: dict = field(default_factory=dict)
 
 
-def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str = "exact",
+def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int | Sequence[float], method: str = "exact",
               generator: torch.Generator | None = None, schedule=None, **kw):
     """Run K = steps deterministic steps from x0; return (x_K, log q, bad_det, lipschitz, monotone),
     the last three per sample: some step had det <= 0 or a non-finite Jacobian; largest measured
@@ -127,7 +131,7 @@ def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int, method: str 
     return x.detach(), log_q, bad, lip, mono
 
 
-def sample(velocity, prior: Prior, target, n: int, steps: int, method: str = "exact",
+def sample(velocity, prior: Prior, target, n: int, steps: int | Sequence[float], method: str = "exact",
            generator: torch.Generator | None = None, batch_size: int = 1024, dtype=torch.float32,
            device="cpu", schedule=None, qmc_seed: int | None = None) -> Samples:
     """Draw n samples with a K-step deterministic map and their DF importance weights.
@@ -194,7 +198,7 @@ def invert_step(velocity, y: torch.Tensor, t, d, max_iter: int = 200, tol: float
     return x, res
 
 
-def log_q_of(velocity, prior: Prior, y: torch.Tensor, steps: int, method: str = "exact",
+def log_q_of(velocity, prior: Prior, y: torch.Tensor, steps: int | Sequence[float], method: str = "exact",
              tol: float = 1e-6, max_iter: int = 200, **kw):
     """log q(y) of the K-step map at given points y (e.g. exact target samples), by inverting the
     steps. Returns (log_q, residual) with residual the largest fixed-point residual per sample
