@@ -9,8 +9,8 @@ deterministic sampler gets the same number of evaluations: n_K = sde_n * N_base 
 with exact weights (the weights cost K exact Jacobians per sample on top, so wall time is shown
 too). A step spec is K (K equal steps) or comma-separated step sizes summing to 1 (a non-uniform
 schedule of as many network evaluations as sizes); every step (t, d) must be one the model was
-trained on: d = 2^j / N_base and t a multiple of d. Every configuration is repeated with --repeats independent seeds: with heavy-tailed weights
-a bootstrap error from one run can be too small, so the spread over repeats is the error that
+trained on: d = 2^j / N_base and t a multiple of d. Every configuration is repeated with --repeats
+independent seeds: with heavy-tailed weights a bootstrap error from one run can be too small, so the spread over repeats is the error that
 counts. Columns: mean signed log Z_hat - log Z +- its standard deviation over repeats, the RMS
 error over repeats, the median bootstrap error of one run, mean Kish ESS, samples with det <= 0
 (all repeats), and sampling wall seconds per repeat. Prints a Markdown table.
@@ -32,20 +32,8 @@ import torch
 from molsample.estimate import ess, log_z
 from molsample.flow import sobol_normal
 from molsample.losses import simulate_path
-from molsample.sampler import parse_steps, sample, step_grid, steps_label
+from molsample.sampler import describe_steps, off_training_grid, parse_steps, sample, step_grid, steps_label
 from molsample.train import load_checkpoint
-
-
-def on_training_grid(steps, n_base: int) -> bool:
-    """Whether every (t, d) of the schedule is a big step of training: d = 2^j / N_base, t = m d."""
-    for t, d in step_grid(steps):
-        span, start = d * n_base, t * n_base
-        if abs(span - round(span)) > 1e-9 or abs(start - round(start)) > 1e-9:
-            return False
-        span, start = int(round(span)), int(round(start))
-        if span & (span - 1) or start % span:
-            return False
-    return True
 
 
 def summarise(label: str, n: int, errors, stderrs, esss, n_bad, seconds) -> str:
@@ -81,7 +69,7 @@ def main() -> None:
             [2**j for j in range(int(np.log2(n_base)) + 1)]
     except ValueError as e:
         raise SystemExit(str(e))
-    bad = [steps_label(k) for k in steps if not on_training_grid(k, n_base)]
+    bad = [steps_label(k) for k in steps if off_training_grid(k, n_base)]
     if bad:
         raise SystemExit(f"every step must be one the model was trained on (d = 2^j / N_base with N_base = {n_base}, "
                          f"t a multiple of d); not so for {bad}")
@@ -114,8 +102,7 @@ def main() -> None:
                     print(f"#   seed {args.seed_offset + r}: log Z_hat - log Z {errs[-1]:+.4f}, largest weight "
                           f"{np.exp(lw.max() - np.logaddexp.reduce(lw)):.3f} of the total, det <= 0 at "
                           f"{s.n_nonpositive_det}", flush=True)
-            name = f"K = {k}" if isinstance(k, int) else f"K = {len(step_grid(k))} ({steps_label(k)})"
-            print(summarise(f"{name}, exact weights{tag}", n, errs, ses, esss, n_bad, secs), flush=True)
+            print(summarise(f"{describe_steps(k)}, exact weights{tag}", n, errs, ses, esss, n_bad, secs), flush=True)
         if exp.route != "energy":
             continue
         errs, ses, esss, secs = [], [], [], []

@@ -31,7 +31,7 @@ import torch
 from molsample.estimate import ess, log_z, snis
 from molsample.flow import pf_step
 from molsample.losses import simulate_path, two_half_steps
-from molsample.sampler import parse_steps, sample, step_grid, steps_label
+from molsample.sampler import describe_steps, parse_steps, sample
 from molsample.targets.analytic import Funnel
 from molsample.train import load_checkpoint
 
@@ -126,8 +126,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(args.seed)
         s = sample(exp.velocity(), exp.prior, target, args.n, k, "exact", gen, dtype=exp.dtype,
                    schedule=exp.schedule)
-        name = f"K = {k}" if isinstance(k, int) else f"K = {len(step_grid(k))} ({steps_label(k)})"
-        report(name, s.x[:, 0].double().numpy(), s.log_w.double().numpy(), cut, target.log_z)
+        report(describe_steps(k), s.x[:, 0].double().numpy(), s.log_w.double().numpy(), cut, target.log_z)
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         path = simulate_path(exp.model, exp.schedule, exp.prior, target, args.n, n_base, gen, exp.dtype,

@@ -99,10 +99,17 @@ def _steps_arg(text: str):
 def _cmd_sample(args) -> int:
     import torch
 
-    from .sampler import sample, steps_label
+    from .sampler import describe_steps, off_training_grid, sample
     from .train import load_checkpoint
 
     exp, ckpt = load_checkpoint(args.checkpoint, args.device)
+    off = off_training_grid(args.steps, exp.config.train.n_base)
+    if off:
+        print(f"warning: {len(off)} of the steps (t, d) are not steps the model was trained on "
+              f"(d = 2^j / N_base from a multiple of d, N_base = {exp.config.train.n_base}): "
+              + ", ".join(f"({t:.6g}, {d:.6g})" for t, d in off[:4]) + (", ..." if len(off) > 4 else "")
+              + "; the map there is an extrapolation (its weights stay exact where it is a bijection)",
+              file=sys.stderr)
     gen = torch.Generator().manual_seed(args.seed)
     s = sample(exp.velocity(), exp.prior, exp.target, args.n, args.steps, args.weights, gen,
                batch_size=args.batch_size, dtype=exp.dtype, device=exp.device,
@@ -127,8 +134,7 @@ def _cmd_sample(args) -> int:
             raise ValueError(f"--traj needs a molecular system; {exp.target.name} has no topology")
         import mdtraj
         mdtraj.Trajectory(s.x.double().cpu().numpy(), topology).save(args.traj)
-    label = "" if isinstance(args.steps, int) else f": {steps_label(args.steps)}"
-    print(f"wrote {args.n} samples ({s.steps} step(s){label}, {args.weights} weights, {s.seconds:.1f} s) to {out}"
+    print(f"wrote {args.n} samples ({describe_steps(args.steps)}, {args.weights} weights, {s.seconds:.1f} s) to {out}"
           + (f"; det <= 0 at {s.n_nonpositive_det} samples" if args.weights == "exact" else ""))
     return 0
 

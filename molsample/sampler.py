@@ -75,6 +75,29 @@ def steps_label(steps) -> str:
     return "+".join(str(Fraction(d).limit_denominator(1 << 20)) for _, d in step_grid(steps))
 
 
+def describe_steps(steps) -> str:
+    """``K = 4`` for uniform steps, ``K = 3 (1/2+1/4+1/4)`` for a schedule: the label of tables and logs."""
+    if isinstance(steps, numbers.Integral):
+        return f"K = {int(steps)}"
+    return f"K = {len(step_grid(steps))} ({steps_label(steps)})"
+
+
+def off_training_grid(steps, n_base: int) -> list[tuple[float, float]]:
+    """The steps (t, d) of a schedule that are not big steps of training, d = 2^j / N_base from t a
+    multiple of d (:func:`molsample.losses.sample_big_steps`, and the base step d = 1 / N_base): the
+    model was never asked to be accurate there."""
+    off = []
+    for t, d in step_grid(steps):
+        span, start = d * n_base, t * n_base
+        if abs(span - round(span)) > 1e-9 or abs(start - round(start)) > 1e-9:
+            off.append((t, d))
+            continue
+        span, start = int(round(span)), int(round(start))
+        if span & (span - 1) or start % span:
+            off.append((t, d))
+    return off
+
+
 @dataclass(frozen=True)
 class Samples:
     """Samples of a K-step map with their log densities.

@@ -256,6 +256,11 @@ def test_step_schedules_are_checked_and_dyadic_times_are_exact():
             parse_steps(bad)
     with pytest.raises(ValueError, match="positive number"):
         step_grid(0)
+    from molsample.sampler import describe_steps, off_training_grid
+    assert off_training_grid([1 / 16] * 4 + [0.25, 0.5], 32) == [] and off_training_grid(32, 32) == []
+    assert off_training_grid([0.125, 0.25, 0.125, 0.5], 32) == [(0.125, 0.25)]      # t not a multiple of d
+    assert off_training_grid(3, 32) == step_grid(3) and off_training_grid(64, 32) == step_grid(64)
+    assert describe_steps(4) == "K = 4" and describe_steps([0.5, 0.5]) == "K = 2 (1/2+1/2)"
 
 
 def test_lipschitz_ratio_of_a_known_linear_step():

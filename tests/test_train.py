@@ -273,7 +273,9 @@ def test_cli_train_sample_estimate(tmp_path, capsys):
     meta = json.loads(str(np.load(tmp_path / "sched.npz")["meta"]))
     assert meta["steps"] == 3 and meta["step_sizes"] == [0.5, 0.25, 0.25]
     assert np.isfinite(np.load(tmp_path / "sched.npz")["log_w"]).all()
-    capsys.readouterr()
+    assert "warning" not in capsys.readouterr().err                  # dyadic steps: trained ones
+    assert main(["sample", str(out / CHECKPOINT), "--n", "20", "--steps", "3", "--out", str(tmp_path / "k3.npz")]) == 0
+    assert "not steps the model was trained on" in capsys.readouterr().err
     with pytest.raises(SystemExit):                                  # sizes that do not reach t = 1
         main(["sample", str(out / CHECKPOINT), "--n", "10", "--steps", "1/2,1/4", "--out", str(tmp_path / "x.npz")])
     assert "sum to 1" in capsys.readouterr().err
