@@ -10,8 +10,8 @@ with exact weights (the weights cost K exact Jacobians per sample on top, so wal
 too). A step spec is K (K equal steps) or comma-separated step sizes summing to 1 (a non-uniform
 schedule of as many network evaluations as sizes); every step (t, d) must be one the model was
 trained on: d = 2^j / N_base and t a multiple of d. Every configuration is repeated with --repeats
-independent seeds: with heavy-tailed weights a bootstrap error from one run can be too small, so the spread over repeats is the error that
-counts. Columns: mean signed log Z_hat - log Z +- its standard deviation over repeats, the RMS
+independent seeds: with heavy-tailed weights a bootstrap error from one run can be too small, so
+the spread over repeats is the error that counts. Columns: mean signed log Z_hat - log Z +- its standard deviation over repeats, the RMS
 error over repeats, the median bootstrap error of one run, mean Kish ESS, samples with det <= 0
 (all repeats), and sampling wall seconds per repeat. Prints a Markdown table.
 

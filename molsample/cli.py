@@ -116,7 +116,8 @@ def _cmd_sample(args) -> int:
                schedule=exp.schedule if exp.route == "energy" else None,
                qmc_seed=args.seed if args.qmc else None)
     meta = {"system": exp.target.name, "checkpoint": str(args.checkpoint), "steps": s.steps,
-            "step_sizes": list(s.step_sizes), "weights": args.weights, "n": args.n, "seed": args.seed, "seconds": s.seconds,
+            "step_sizes": list(s.step_sizes), "weights": args.weights, "n": args.n, "seed": args.seed,
+            "seconds": s.seconds,
             "prior_draws": s.info["prior_draws"],
             "n_nonpositive_det": s.n_nonpositive_det,
             "lipschitz_max": s.lipschitz_max if np.isfinite(s.lipschitz_max) else None,
@@ -148,8 +149,8 @@ def _cmd_estimate(args) -> int:
         log_w = data["log_w"]
         meta = json.loads(str(data["meta"])) if "meta" in data else {}
     result = {"file": str(args.file), **summarise(log_w, n_boot=args.bootstrap, seed=args.seed), **{
-        k: meta[k] for k in ("system", "steps", "step_sizes", "weights", "n_nonpositive_det", "lipschitz_max", "fraction_monotone",
-                             "prior_draws")
+        k: meta[k] for k in ("system", "steps", "step_sizes", "weights", "n_nonpositive_det", "lipschitz_max",
+                             "fraction_monotone", "prior_draws")
         if k in meta}}
     if meta.get("log_z_true") is not None:
         result["delta_log_z"] = result["log_z"]["value"] - meta["log_z_true"]

@@ -31,13 +31,14 @@ def step_grid(steps) -> list[tuple[float, float]]:
         d = 1.0 / steps
         return [(k * d, d) for k in range(steps)]           # t = k d, as the uniform sampler always had
     try:
-        sizes = [Fraction(str(float(d))) if not isinstance(d, Fraction) else d for d in steps]
+        values = [float(d) for d in steps]
     except (TypeError, ValueError):
         raise ValueError(f"steps must be an integer K or a list of step sizes, got {steps!r}") from None
-    if not sizes:
+    if not values:
         raise ValueError("the list of step sizes is empty")
-    if any(not math.isfinite(float(d)) or d <= 0 for d in sizes):
-        raise ValueError(f"every step size must be positive and finite, got {[float(d) for d in sizes]}")
+    if any(not math.isfinite(d) or d <= 0 for d in values):
+        raise ValueError(f"every step size must be positive and finite, got {values}")
+    sizes = [d if isinstance(d, Fraction) else Fraction(str(v)) for d, v in zip(steps, values)]
     total = sum(sizes)
     if abs(float(total) - 1.0) > 1e-9:
         raise ValueError(f"the step sizes must sum to 1 (from t = 0 to t = 1), they sum to {float(total):.9g}: "
@@ -186,7 +187,8 @@ def sample(velocity, prior: Prior, target, n: int, steps: int | Sequence[float],
     lip_max = float(lip_all[~torch.isnan(lip_all)].max()) if (~torch.isnan(lip_all)).any() else float("nan")
     grid = step_grid(steps)
     return Samples(x=x, log_q=log_q, log_w=log_prob - log_q, log_prob=log_prob, steps=len(grid), method=method,
-                   step_sizes=tuple(d for _, d in grid), n_nonpositive_det=int(torch.cat(bad).sum()), lipschitz_max=lip_max,
+                   step_sizes=tuple(d for _, d in grid), n_nonpositive_det=int(torch.cat(bad).sum()),
+                   lipschitz_max=lip_max,
                    seconds=time.perf_counter() - t0,
                    info={"fraction_lipschitz_below_1": _share(lip_all < 1, lip_all),
                          "fraction_monotone": _share(mono_all > 0, mono_all),
