@@ -65,10 +65,10 @@ class Space:
         return x - x.mean(dim=1, keepdim=True) if self.com_free else x
 
     def randn(self, n: int, generator: torch.Generator | None, dtype=torch.float64, device=None) -> torch.Tensor:
-        """Standard normal on the space, shape (n, *event_shape)."""
-        z = torch.randn((n, *self.event_shape), generator=generator, dtype=dtype,
-                        device=device if device is not None else "cpu")
-        return self.project(z).to(device) if device is not None else self.project(z)
+        """Standard normal on the space, shape (n, *event_shape); drawn on the CPU (where the
+        project's generators live, so a seed gives the same draws on every device), then moved."""
+        z = self.project(torch.randn((n, *self.event_shape), generator=generator, dtype=dtype))
+        return z.to(device) if device is not None else z
 
     def from_coordinates(self, z: torch.Tensor) -> torch.Tensor:
         """Map coordinates z : (n, dof) in the orthonormal basis of the space to points (n, *event_shape)

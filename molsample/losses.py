@@ -346,10 +346,12 @@ def align_pairs(x0: torch.Tensor, x1: torch.Tensor, permute: bool, n_iter: int =
     permutations with ``permute``) by a move that depends on x0[k] equivariantly: every step commutes
     with rotating and relabelling x0 (the principal-axes starts included). The prior is invariant under
     the same group, so the moved x1 has the target's distribution again: the coupling changes, neither
-    marginal does, and flow matching stays valid while the paths shorten. x1's centroid is kept."""
-    a = x0.detach().double()
+    marginal does, and flow matching stays valid while the paths shorten. x1's centroid is kept.
+    Computed on the CPU whatever the inputs' device (the assignments run in scipy there anyway; the
+    point sets are small), and returned on x1's device."""
+    a = x0.detach().double().cpu()
     a = a - a.mean(1, keepdim=True)
-    b = x1.detach().double()
+    b = x1.detach().double().cpu()
     centroid = b.mean(1, keepdim=True)
     b = b - centroid
 

@@ -379,3 +379,11 @@ def test_per_loss_clipping_adds_the_separately_clipped_gradients(tmp_path):
     state = train(tiny(4, sd_start=0, clip_per_loss=True), tmp_path / "run", progress=False)
     logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert state.iteration == 4 and all(r["grad_base"] > 0 and r["grad_rest"] > 0 for r in logs)
+
+
+@pytest.mark.cuda
+def test_energy_route_trains_on_cuda_and_samples_on_cpu(tmp_path):
+    state = train(tiny(4), tmp_path, device="cuda", progress=False)
+    assert state.iteration == 4 and state.nonfinite_total == 0
+    exp, _ = load_checkpoint(tmp_path / CHECKPOINT, "cpu")
+    assert all(p.device.type == "cpu" for p in exp.model.parameters())
