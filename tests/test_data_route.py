@@ -244,10 +244,9 @@ def test_align_pairs_on_cuda_matches_cpu(permute):
 def test_data_route_trains_on_cuda(tmp_path):
     from molsample.build import build
     from molsample.config import ExperimentConfig
-    from molsample.train import make_trainer
+    from molsample.train import load_checkpoint, make_trainer
     cfg = ExperimentConfig.load(TINY, ["data.align=rotation", "train.iterations=3"])
     state = make_trainer(build(cfg, "cuda"), tmp_path / "c", progress=False).run()
     assert state.iteration == 3 and state.nonfinite_total == 0
-    from molsample.train import load_checkpoint
     exp, _ = load_checkpoint(tmp_path / "c" / "checkpoint.pt", "cpu")          # a GPU checkpoint samples on CPU
     assert all(p.device.type == "cpu" for p in exp.model.parameters())
