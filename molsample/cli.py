@@ -1,12 +1,65 @@
-"""The ``molsample`` command line."""
+"""The ``molsample`` command line.
+
+Bad input ends with exit code 2 and one line on stderr that names the flag, key or file, the
+value and what is expected; inputs are checked before long work starts, so nothing is left
+half-written. Ctrl-C during ``md`` or ``train`` saves what the run has and says how to continue.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2) instead of the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _integer(text: str) -> int:
+    """An integer, also written as 1e8 or 100_000."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise
+        return int(value)
+
+
+def _number(kind, test, words):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a number' if kind is float else 'an integer'}") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"{text} is not {words}")
+        return value
+    parse.__name__ = words
+    return parse
+
+
+positive_int = _number(_integer, lambda v: v >= 1, "a positive integer")
+nonnegative_int = _number(_integer, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a positive number")
+nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+
+
+def _atomic_npz(path: Path, **arrays) -> None:
+    """np.savez to a temporary file beside ``path``, then renamed over it (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
 
 
 def _cmd_systems(args) -> int:
@@ -40,6 +93,9 @@ def _cmd_energy(args) -> int:
     from .targets import OpenMMEvaluator, load_target
 
     target = load_target(args.system)
+    if args.backend == "openmm":
+        from .runtime import check_platform
+        check_platform(args.platform)
     topology = getattr(target, "topology", None)
     xyz = read_positions(args.file, target.event_shape, topology)
     kt = getattr(target, "kt", None)
@@ -49,10 +105,10 @@ def _cmd_energy(args) -> int:
             u = torch.cat([target.energy(c) for c in torch.split(x, 4096)]).double().numpy()
     else:
         if not hasattr(target, "openmm_system"):
-            raise SystemExit(f"error: system {target.name!r} has no OpenMM form; use --backend torch")
+            raise ValueError(f"--backend openmm: system {target.name!r} has no OpenMM form; use --backend torch")
         system, kt_system = target.openmm_system()
         if not np.all(np.isfinite(xyz)):
-            raise SystemExit(f"error: {args.file} contains NaN or inf positions")
+            raise ValueError(f"{args.file}: contains NaN or inf positions")
         u = OpenMMEvaluator(system, args.platform)(xyz)[0] / kt_system
     result = {"system": target.name, "file": str(args.file), "backend": args.backend, "n_frames": len(u),
               "unit": "kT", "temperature_K": target.temperature, "reduced_energy": u.tolist()}
@@ -72,15 +128,15 @@ def _cmd_train(args) -> int:
     from dataclasses import replace
 
     from .config import ExperimentConfig
+    from .runtime import check_device
     from .train import train
 
+    device = check_device(args.device)
     cfg = ExperimentConfig.load(args.config, args.set)
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
-    if args.iterations is not None:
-        cfg = replace(cfg, train=replace(cfg.train, iterations=args.iterations))
     out = args.out or f"runs/{Path(args.config).stem}"
-    state = train(cfg, out, device=args.device, resume=args.resume, progress=not args.quiet)
+    state = train(cfg, out, device=device, resume=args.resume, progress=not args.quiet, iterations=args.iterations)
     print(f"trained {state.iteration} iterations ({state.cpu_seconds:.0f} CPU-s in total, "
           f"{state.nonfinite_total} non-finite batches skipped); checkpoint: {Path(out) / 'checkpoint.pt'}")
     return 0
@@ -99,10 +155,19 @@ def _steps_arg(text: str):
 def _cmd_sample(args) -> int:
     import torch
 
+    from .io import MDTRAJ_FORMATS, check_output
+    from .runtime import check_device
     from .sampler import describe_steps, off_training_grid, sample
     from .train import load_checkpoint
 
-    exp, ckpt = load_checkpoint(args.checkpoint, args.device)
+    device = check_device(args.device)
+    out = check_output(args.out, "--out", (".npz",))
+    if args.traj:
+        check_output(args.traj, "--traj", tuple(f for f in MDTRAJ_FORMATS if f not in (".gro", ".mdcrd")))
+    exp, ckpt = load_checkpoint(args.checkpoint, device)
+    if args.traj and getattr(exp.target, "topology", None) is None:
+        raise ValueError(f"--traj {args.traj}: needs a molecular system; {exp.target.name} has no topology "
+                         "(the samples are in --out)")
     off = off_training_grid(args.steps, exp.config.train.n_base)
     if off:
         print(f"warning: {len(off)} of the steps (t, d) are not steps the model was trained on "
@@ -124,17 +189,15 @@ def _cmd_sample(args) -> int:
             "fraction_monotone": s.info["fraction_monotone"] if np.isfinite(s.info["fraction_monotone"]) else None,
             "log_z_true": exp.target.log_z, "training_iterations": ckpt["state"]["iteration"],
             "training_cpu_seconds": ckpt["state"]["cpu_seconds"]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, x=s.x.double().cpu().numpy(), log_q=s.log_q.double().cpu().numpy(),
-             log_w=s.log_w.double().cpu().numpy(), log_prob=s.log_prob.double().cpu().numpy(),
-             meta=json.dumps(meta))
+    _atomic_npz(out, x=s.x.double().cpu().numpy(), log_q=s.log_q.double().cpu().numpy(),
+                log_w=s.log_w.double().cpu().numpy(), log_prob=s.log_prob.double().cpu().numpy(),
+                meta=json.dumps(meta))
     if args.traj:
-        topology = getattr(exp.target, "topology", None)
-        if topology is None:
-            raise ValueError(f"--traj needs a molecular system; {exp.target.name} has no topology")
         import mdtraj
-        mdtraj.Trajectory(s.x.double().cpu().numpy(), topology).save(args.traj)
+        traj = Path(args.traj)
+        tmp = traj.with_name(traj.stem + ".tmp" + traj.suffix)
+        mdtraj.Trajectory(s.x.double().cpu().numpy(), exp.target.topology).save(str(tmp))
+        os.replace(tmp, traj)
     print(f"wrote {args.n} samples ({describe_steps(args.steps)}, {args.weights} weights, {s.seconds:.1f} s) to {out}"
           + (f"; det <= 0 at {s.n_nonpositive_det} samples" if args.weights == "exact" else ""))
     return 0
@@ -143,11 +206,15 @@ def _cmd_sample(args) -> int:
 def _cmd_estimate(args) -> int:
     from .estimate import summarise
 
-    with np.load(args.file, allow_pickle=False) as data:
-        if "log_w" not in data:
-            raise ValueError(f"{args.file}: no 'log_w' array; write it with `molsample sample`")
-        log_w = data["log_w"]
-        meta = json.loads(str(data["meta"])) if "meta" in data else {}
+    from .io import open_npz
+
+    data = open_npz(args.file)
+    if "log_w" not in data:
+        raise ValueError(f"{args.file}: no 'log_w' array; write it with `molsample sample`")
+    log_w = np.asarray(data["log_w"], dtype=np.float64).reshape(-1)
+    if len(log_w) == 0:
+        raise ValueError(f"{args.file}: 'log_w' holds no samples")
+    meta = _meta_of(data, args.file)
     result = {"file": str(args.file), **summarise(log_w, n_boot=args.bootstrap, seed=args.seed), **{
         k: meta[k] for k in ("system", "steps", "step_sizes", "weights", "n_nonpositive_det", "lipschitz_max",
                              "fraction_monotone", "prior_draws")
@@ -197,7 +264,11 @@ def _cmd_umbrella(args) -> int:
     settings = UmbrellaSettings(system=args.system, dihedral=args.dihedral, windows=args.windows, kappa=args.kappa,
                                 ns_per_window=args.ns_per_window, equilibration_ps=args.equilibration,
                                 temperature=args.temperature, platform=args.platform, seed=args.seed)
-    out = args.out or f"{args.system}_umbrella_{args.dihedral}.npz"
+    from .io import check_output
+    from .runtime import check_platform
+
+    check_platform(args.platform)
+    out = str(check_output(args.out or f"{args.system}_umbrella_{args.dihedral}.npz", "--out", (".npz",)))
     meta = run_umbrella(settings, out, args.workers)
     est = meta["estimates"]
     if args.json:
@@ -217,12 +288,15 @@ def _cmd_compare(args) -> int:
     from .analysis.ensembles import load_ensemble
     from .targets import load_target
 
+    from .io import check_output_dir
+
     system = args.system or _system_of(args.samples)
     target = load_target(system)
+    out = Path(args.out or f"compare_{Path(args.samples).stem}")
+    check_output_dir(out, "--out")
     sample = load_ensemble([args.samples], target, args.label)
     ref = load_ensemble(args.reference, target, "reference")
     metrics = compare(sample, ref, target)
-    out = Path(args.out or f"compare_{Path(args.samples).stem}")
     report = write_report(metrics, sample, ref, out)
     if args.json:
         print(json.dumps(metrics, indent=2, default=float))
@@ -238,27 +312,34 @@ def _cmd_mcmc(args) -> int:
     from .mcmc import mala
     from .targets import load_target
 
+    from .io import check_output
+
     target = load_target(args.system)
+    if args.temperatures[0] != 1.0 or any(b <= a for a, b in zip(args.temperatures, args.temperatures[1:])):
+        raise ValueError(f"--temperatures {' '.join(map(str, args.temperatures))}: expected an increasing ladder "
+                         "starting at 1 (units of the system's temperature)")
+    out = check_output(args.out or f"{args.system}_mcmc.npz", "--out", (".npz",))
     res = mala(target, args.chains, args.steps, args.burn, args.thin, args.step, seed=args.seed,
                init_scale=args.init_scale, temperatures=tuple(args.temperatures), progress=not args.quiet)
     from pymbar.timeseries import statistical_inefficiency
     g = [statistical_inefficiency(res.energy[:, c]) for c in range(min(res.energy.shape[1], 64))
          if np.ptp(res.energy[:, c]) > 0]
-    out = Path(args.out or f"{args.system}_mcmc.npz")
-    out.parent.mkdir(parents=True, exist_ok=True)
     xyz = res.x.reshape(-1, *target.event_shape)                 # kept states, chain-major within each time
     meta = {"system": target.name, "sampler": "MALA", "chains": args.chains, "steps": args.steps, "burn": args.burn,
             "thin": args.thin, "temperatures": args.temperatures, "step": res.step, "acceptance": res.acceptance, "seed": args.seed,
             "energy_statistical_inefficiency_per_kept_state": float(np.mean(g)), "torch": torch.__version__}
-    np.savez_compressed(out, xyz=xyz, energy=res.energy.reshape(-1), meta=json.dumps(meta))
+    _atomic_npz(out, xyz=xyz, energy=res.energy.reshape(-1), meta=json.dumps(meta))
     print(f"wrote {len(xyz)} states ({args.chains} chains, acceptance {res.acceptance:.2f}, step {res.step:.3g}, "
           f"energy inefficiency {np.mean(g):.1f} kept states) to {out}")
     return 0
 
 
 def _cmd_export(args) -> int:
+    from .io import check_output
     from .train import export_model, load_checkpoint
 
+    check_output(args.out, "--out", (".pt",))
+    load_checkpoint(args.checkpoint)                             # refuse anything that does not rebuild
     out = export_model(args.checkpoint, args.out)
     load_checkpoint(out)                                          # it must rebuild on its own
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
@@ -266,8 +347,12 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_quickstart(args) -> int:
+    from .io import check_output_dir
     from .quickstart import run_quickstart
+    from .runtime import check_device
 
+    check_device(args.device)
+    check_output_dir(args.out, "--out")
     res = run_quickstart(args.checkpoint, args.out, args.n, args.min_weights, args.budget_seconds, args.seed,
                          args.device, progress=not args.quiet)
     print(res.report.read_text().split("\n## ")[0].split("\n# ")[0])
@@ -279,7 +364,10 @@ def _cmd_pack(args) -> int:
     from .analysis.reference import pack_md, pack_umbrella
     from .targets import load_target
 
+    from .io import check_output
+
     target = load_target(args.system)
+    check_output(args.out, "--out", (".npz",))
     prov = args.provenance or f"molsample pack-reference {args.kind} {' '.join(args.files)}"
     if args.kind == "md":
         out = pack_md(args.files, target, args.out, args.frames, prov)
@@ -291,18 +379,34 @@ def _cmd_pack(args) -> int:
     return 0
 
 
+def _meta_of(data: dict, path) -> dict:
+    """The JSON 'meta' record of a molsample .npz ({} if it has none)."""
+    if "meta" not in data:
+        return {}
+    try:
+        meta = json.loads(str(data["meta"]))
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: its 'meta' entry is not JSON") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its 'meta' entry is not a JSON object")
+    return meta
+
+
 def _system_of(path: str) -> str:
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as d:
-            if "meta" in d:
-                return json.loads(str(d["meta"]))["system"]
-            if "system" in d:
-                return str(d["system"])
+        from .io import open_npz
+
+        d = open_npz(path)
+        meta = _meta_of(d, path)
+        if "system" in meta:
+            return str(meta["system"])
+        if "system" in d:
+            return str(d["system"])
     raise ValueError(f"{path}: cannot tell which system it belongs to; pass --system")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="molsample", description=(
+    parser = _Parser(prog="molsample", description=(
         "One-step Boltzmann samplers with exact importance weights, compared against MD."))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("systems", help="list the available systems")
@@ -323,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--seed", type=int)
-    p.add_argument("--iterations", type=int, help="override train.iterations")
+    p.add_argument("--iterations", type=positive_int,
+                   help="override train.iterations (on --resume: default the run's own target)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set train.kl_weight=0.1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -331,14 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw K-step samples with importance weights from a checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--n", type=positive_int, required=True)
     p.add_argument("--steps", type=_steps_arg, default=1,
                    help="K equal deterministic steps (1 = one network evaluation), or the step sizes, "
                         "comma-separated and summing to 1, e.g. 1/4,1/4,1/4,1/8,1/16,1/16 (finer near the target)")
     p.add_argument("--weights", choices=("exact", "trace", "hutchinson", "paper"), default="exact")
     p.add_argument("--out", required=True, help=".npz with x, log_q, log_w, log_prob")
     p.add_argument("--traj", help="also write the samples as a trajectory (molecules; .pdb/.dcd/.h5)")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=positive_int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--qmc", action="store_true",
                    help="prior points from a scrambled Sobol' sequence seeded by --seed (randomised quasi-Monte "
@@ -349,19 +454,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("md", help="reference molecular dynamics with OpenMM")
     p.add_argument("system")
-    p.add_argument("--ns", type=float, required=True, help="production length per replica (ns)")
-    p.add_argument("--temperature", type=float, help="K (default: the system's)")
-    p.add_argument("--replicas", type=int, default=1, help="independent replicas, run in parallel processes")
+    p.add_argument("--ns", type=positive_float, required=True, help="production length per replica (ns)")
+    p.add_argument("--temperature", type=positive_float, help="K (default: the system's)")
+    p.add_argument("--replicas", type=positive_int, default=1, help="independent replicas, run in parallel processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="trajectory file (.h5 default, .dcd, .xtc); default SYSTEM_md.h5")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last chunk")
     p.add_argument("--platform", default="Reference", help="OpenMM platform (Reference is fastest for ~20 atoms)")
-    p.add_argument("--timestep", type=float, default=1.0, help="fs")
-    p.add_argument("--friction", type=float, default=1.0, help="1/ps")
-    p.add_argument("--report-every", type=int, default=1000, help="steps between frames")
-    p.add_argument("--equilibration", type=float, default=100.0, help="ps before the first frame")
+    p.add_argument("--timestep", type=positive_float, default=1.0, help="fs")
+    p.add_argument("--friction", type=nonnegative_float, default=1.0, help="1/ps")
+    p.add_argument("--report-every", type=positive_int, default=1000, help="steps between frames")
+    p.add_argument("--equilibration", type=nonnegative_float, default=100.0, help="ps before the first frame")
     p.add_argument("--no-minimise", action="store_true")
-    p.add_argument("--chunk-frames", type=int, default=1000, help="frames per checkpointed chunk")
+    p.add_argument("--chunk-frames", type=positive_int, default=1000, help="frames per checkpointed chunk")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_md)
 
@@ -369,14 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("system")
     p.add_argument("--dihedral", choices=("phi", "psi", "phi+psi"), default="phi",
                    help="restrained angle(s); phi+psi is a 2D grid of windows x windows")
-    p.add_argument("--windows", type=int, default=36, help="windows per restrained angle")
-    p.add_argument("--kappa", type=float, default=200.0, help="restraint constant, kJ/mol/rad^2")
-    p.add_argument("--ns-per-window", type=float, default=0.5)
-    p.add_argument("--equilibration", type=float, default=50.0, help="ps per window before sampling")
-    p.add_argument("--temperature", type=float)
+    p.add_argument("--windows", type=positive_int, default=36, help="windows per restrained angle")
+    p.add_argument("--kappa", type=positive_float, default=200.0, help="restraint constant, kJ/mol/rad^2")
+    p.add_argument("--ns-per-window", type=positive_float, default=0.5)
+    p.add_argument("--equilibration", type=nonnegative_float, default=50.0, help="ps per window before sampling")
+    p.add_argument("--temperature", type=positive_float)
     p.add_argument("--platform", default="Reference")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, help="parallel processes (default: all cores)")
     p.add_argument("--out", help=".npz (default SYSTEM_umbrella_DIHEDRAL.npz)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_umbrella)
@@ -393,13 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mcmc", help="reference samples by MALA on parallel chains (systems without MD)")
     p.add_argument("system")
-    p.add_argument("--chains", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=20000, help="production steps per chain")
-    p.add_argument("--burn", type=int, default=5000, help="adapted burn-in steps")
-    p.add_argument("--thin", type=int, default=100)
-    p.add_argument("--step", type=float, default=1e-3, help="initial MALA step size")
-    p.add_argument("--init-scale", type=float, default=1.0, help="std of the random start")
-    p.add_argument("--temperatures", type=float, nargs="+", default=[1.0],
+    p.add_argument("--chains", type=positive_int, default=1024)
+    p.add_argument("--steps", type=positive_int, default=20000, help="production steps per chain")
+    p.add_argument("--burn", type=nonnegative_int, default=5000, help="adapted burn-in steps")
+    p.add_argument("--thin", type=positive_int, default=100)
+    p.add_argument("--step", type=positive_float, default=1e-3, help="initial MALA step size")
+    p.add_argument("--init-scale", type=positive_float, default=1.0, help="std of the random start")
+    p.add_argument("--temperatures", type=positive_float, nargs="+", default=[1.0],
                    help="parallel-tempering ladder in units of the system's temperature, starting at 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out")
@@ -414,9 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="alanine dipeptide in one step: sample, exact weights, compare with MD")
     p.add_argument("--checkpoint", help="one-step checkpoint (default: the shipped alanine dipeptide model)")
     p.add_argument("--out", default="quickstart_aldp", help="report directory")
-    p.add_argument("--n", type=int, default=100_000, help="conformations to draw")
-    p.add_argument("--min-weights", type=int, default=20_000, help="exact weights computed at least")
-    p.add_argument("--budget-seconds", type=float, default=600.0, help="wall-time budget of the whole run")
+    p.add_argument("--n", type=positive_int, default=100_000, help="conformations to draw")
+    p.add_argument("--min-weights", type=positive_int, default=20_000, help="exact weights computed at least")
+    p.add_argument("--budget-seconds", type=nonnegative_float, default=600.0, help="wall-time budget of the whole run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
@@ -427,14 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--system", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--frames", type=int, default=4000, help="conformations kept")
+    p.add_argument("--frames", type=positive_int, default=4000, help="conformations kept")
     p.add_argument("--provenance", help="how the inputs were produced (stored in the file)")
-    p.add_argument("--stride", type=int, default=1, help="umbrella: keep every k-th sample's angles and weight")
+    p.add_argument("--stride", type=positive_int, default=1, help="umbrella: keep every k-th sample's angles and weight")
     p.set_defaults(func=_cmd_pack)
 
     p = sub.add_parser("estimate", help="log Z, ELBO and ESS with errors from a samples file")
     p.add_argument("file")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for standard errors")
+    p.add_argument("--bootstrap", type=nonnegative_int, default=200, help="bootstrap resamples for standard errors")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_estimate)
@@ -445,15 +550,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .config import ConfigError
-    from .io import TopologyMismatchError
+    from .runtime import Interrupted
     from .targets import SystemBuildError, UnsupportedForceError
     from .train import TrainingDiverged
+    name = f"molsample {args.command}"
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, TopologyMismatchError, SystemBuildError, UnsupportedForceError,
-            FileNotFoundError, FileExistsError, ValueError, TrainingDiverged) as exc:
-        print(f"molsample {args.command}: error: {exc}", file=sys.stderr)
+    except Interrupted as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted (what was already saved is kept; md and train continue with --resume)",
+              file=sys.stderr)
+        return 2
+    except (ConfigError, SystemBuildError, UnsupportedForceError, FileNotFoundError, FileExistsError,
+            ValueError, TrainingDiverged) as exc:
+        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:               # permission, full disk, a directory where a file was expected, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) if str(exc).strip() else type(exc).__name__
+    return text
 
 
 if __name__ == "__main__":

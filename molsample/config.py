@@ -51,7 +51,25 @@ def from_dict(cls, data: dict, where: str):
     out = {}
     for key, value in data.items():
         out[key] = _check_type(value, hints[key], f"{where}: key {key!r}")
-    return cls(**out)
+    try:
+        return cls(**out)
+    except ConfigError as exc:          # a range check of the dataclass: say where the value came from
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_ranges(obj, section: str, rules: dict[str, str]) -> None:
+    """Range checks of a config dataclass's fields: ``rules`` maps a field name to one of
+    ``'>0'``, ``'>=0'``, ``'>=1'``, ``'[0,1)'``, ``'[0,1]'``. A value outside its range (or not
+    finite) raises :class:`ConfigError` naming ``section.key``, the value and the range."""
+    import math
+    tests = {">0": (lambda v: v > 0, "positive"), ">=0": (lambda v: v >= 0, ">= 0"),
+             ">=1": (lambda v: v >= 1, "at least 1"), "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+             "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+    for key, rule in rules.items():
+        value = getattr(obj, key)
+        ok, words = tests[rule]
+        if isinstance(value, float) and not math.isfinite(value) or not ok(value):
+            raise ConfigError(f"{section}.{key} = {value!r}: must be {words}")
 
 
 _YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -91,6 +109,10 @@ def _check_type(value, hint, where: str):
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The drift network."""
+
+    def __post_init__(self):
+        check_ranges(self, "model", {"hidden": ">=1", "layers": ">=1", "n_freq": ">=1", "langevin_clip": ">0",
+                                     "n_rbf": ">=1", "r_max": ">0"})
     kind: typing.Literal["mlp", "egnn"] = "mlp"
     hidden: int = 128
     layers: int = 3
@@ -103,6 +125,9 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     """Cosine VP schedule and prior scale s0."""
+
+    def __post_init__(self):
+        check_ranges(self, "schedule", {"s0": ">0", "beta_min": ">=0", "beta_max": ">0", "c": ">=0"})
     s0: float = 1.0
     beta_min: float = 0.01
     beta_max: float = 10.0
@@ -115,6 +140,9 @@ class PriorConfig:
     ``bond_scale`` apart per coordinate, see flow.HarmonicPrior); s0 is the schedule's."""
     kind: typing.Literal["isotropic", "harmonic"] = "isotropic"
     bond_scale: float = 0.1
+
+    def __post_init__(self):
+        check_ranges(self, "prior", {"bond_scale": ">0"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +222,16 @@ class TrainConfig:
                               f"{self.sd_metric_floor} and {self.sd_metric_cap}")
         if self.lr_decay_start < 0:
             raise ConfigError(f"train: lr_decay_start must be >= 0, got {self.lr_decay_start}")
+        check_ranges(self, "train", {
+            "n_base": ">=1", "batch": ">=1", "iterations": ">=1", "lr": ">0", "weight_decay": ">=0",
+            "grad_clip": ">0", "ema": "[0,1)", "sd_weight": ">=0", "sd_start": ">=0", "sd_ramp": ">=0",
+            "sd_batch": ">=1", "vol_weight": ">=0", "jac_weight": ">=0", "bij_weight": ">=0", "bij_iterations": ">=1",
+            "bij_min_step": ">=0", "kl_weight": ">=0", "kl_batch": ">=1", "kl_start": ">=0", "energy_cap": ">0",
+            "checkpoint_every": ">=1", "eval_every": ">=1", "eval_samples": ">=1", "max_nonfinite": ">=0",
+            "lr_final": ">=0"})
+        if self.n_base < 2 or self.n_base & (self.n_base - 1):
+            raise ConfigError(f"train.n_base = {self.n_base}: must be a power of two, at least 2 (big steps are "
+                              "2^j / n_base)")
     n_base: int = 32
     batch: int = 256
     iterations: int = 1000
@@ -259,6 +297,9 @@ class DataConfig:
     ot_coupling: bool = True
     align: typing.Literal["none", "rotation", "rotation-permutation"] = "none"
     fm_weight: float = 1.0
+
+    def __post_init__(self):
+        check_ranges(self, "data", {"weight_power": ">=0", "fm_weight": ">=0"})
 
 
 # keys that were ``data:`` keys in earlier versions and are ``train:`` keys now

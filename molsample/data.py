@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .flow import Space
-from .io import TopologyMismatchError, read_positions
+from .io import InputError, TopologyMismatchError, open_npz, read_positions
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -36,16 +36,18 @@ def load_frames(path: str | Path, target) -> tuple[np.ndarray, np.ndarray]:
     """
     path = resolve_path(path)
     if path.suffix == ".npz":
-        with np.load(path) as z:
-            if "frames_xyz" in z:
-                x = np.asarray(z["frames_xyz"], dtype=np.float64)
-                lw = np.asarray(z["frames_log_w"], dtype=np.float64) if "frames_log_w" in z else np.zeros(len(x))
-            elif "xyz" in z:
-                x = np.asarray(z["xyz"], dtype=np.float64)
-                lw = np.asarray(z["log_w"], dtype=np.float64) if "log_w" in z and len(z["log_w"]) == len(x) \
-                    else np.zeros(len(x))
-            else:
-                raise ValueError(f"{path}: expected 'frames_xyz' or 'xyz' in the .npz, found {sorted(z.files)}")
+        z = open_npz(path)
+        if "frames_xyz" in z:
+            x = np.asarray(z["frames_xyz"], dtype=np.float64)
+            lw = np.asarray(z["frames_log_w"], dtype=np.float64) if "frames_log_w" in z else np.zeros(len(x))
+        elif "xyz" in z:
+            x = np.asarray(z["xyz"], dtype=np.float64)
+            lw = np.asarray(z["log_w"], dtype=np.float64) if "log_w" in z and len(z["log_w"]) == len(x) \
+                else np.zeros(len(x))
+        else:
+            raise InputError(f"{path}: expected 'frames_xyz' or 'xyz' in the .npz, found {sorted(z)}")
+        if len(x) == 0:
+            raise InputError(f"{path}: holds no frames; the data route needs reference frames")
     else:
         x = read_positions(path, target.event_shape, getattr(target, "topology", None))
         lw = np.zeros(len(x))

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,10 @@ from .build import Experiment, build
 from .config import ExperimentConfig
 from .estimate import ess as ess_estimate, log_z as log_z_estimate
 from .flow import pf_step
+from .io import InputError, check_output_dir, read_checkpoint
 from .jacobian import monotonicity, residual_ratio
 from .sampler import sample
+from .runtime import Interrupted, RunLock, stop_on_signal
 from .targets import NonFinitePositionsError
 
 CHECKPOINT = "checkpoint.pt"
@@ -59,17 +62,26 @@ def saved_config(ckpt: dict, path) -> ExperimentConfig:
 
 def load_checkpoint(path: str | Path, device="cpu") -> tuple[Experiment, dict]:
     """Rebuild an experiment from a checkpoint alone (config inside), EMA weights loaded into ``model``."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = read_checkpoint(path, device)
     cfg = saved_config(ckpt, path)
     exp = build(cfg, device)
-    exp.model.load_state_dict(ckpt["ema"])
+    load_weights(exp.model, ckpt["ema"], path)
     return exp, ckpt
+
+
+def load_weights(model: torch.nn.Module, state: dict, path) -> None:
+    """``model.load_state_dict(state)`` with an error naming the checkpoint when they do not fit."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"{path}: its weights do not fit the model its config builds ({first[:200]})") from None
 
 
 def export_model(checkpoint: str | Path, out: str | Path) -> Path:
     """Write a sampling-only copy of a checkpoint (config, EMA weights, training state; no
     optimiser or student weights), atomically. ``load_checkpoint`` reads it like the original."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(checkpoint, "cpu")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_save({"config": ckpt["config"], "ema": ckpt["ema"], "state": ckpt["state"],
@@ -86,11 +98,12 @@ class Trainer:
         self.opt = torch.optim.AdamW(exp.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(exp.config.seed)
         self.state = TrainState()
-        self.out.mkdir(parents=True, exist_ok=True)
+        check_output_dir(self.out, "--out")
         if cfg.init_checkpoint:                   # a later stage starts from an earlier run's EMA weights
             from .data import resolve_path
-            state = torch.load(resolve_path(cfg.init_checkpoint), map_location=exp.device, weights_only=False)
-            exp.model.load_state_dict(state["ema"])
+            path = resolve_path(cfg.init_checkpoint)
+            state = read_checkpoint(path, exp.device)
+            load_weights(exp.model, state["ema"], path)
             self.ema.load_state_dict(state["ema"])
 
     # ------------------------------------------------------------------ checkpoints
@@ -100,16 +113,33 @@ class Trainer:
                      "generator": self.gen.get_state(), "state": vars(self.state).copy()},
                     self.out / CHECKPOINT)
 
-    def resume(self) -> bool:
+    def resume(self, iterations: int | None = None) -> bool:
+        """Load OUT/checkpoint.pt if it exists (False if not). The run continues to ``iterations``
+        if given (extended or cut short, never below what is done), else to the target the run was
+        started with (the checkpoint's train.iterations)."""
         path = self.out / CHECKPOINT
         if not path.is_file():
             return False
-        ckpt = torch.load(path, map_location=self.exp.device, weights_only=False)
-        saved, current = saved_config(ckpt, path).to_dict(), self.exp.config.to_dict()   # keys added since: defaults
-        saved["train"]["iterations"] = current["train"]["iterations"]      # a run may be extended (or cut short)
+        ckpt = read_checkpoint(path, self.exp.device)
+        if "model" not in ckpt or "optimizer" not in ckpt:
+            raise InputError(f"{path}: a sampling-only (exported) checkpoint cannot be resumed; train from its "
+                             "config with train.init_checkpoint instead")
+        saved_cfg = saved_config(ckpt, path)
+        saved, current = saved_cfg.to_dict(), self.exp.config.to_dict()   # keys added since: defaults
+        target = saved["train"]["iterations"] if iterations is None else iterations
+        saved["train"]["iterations"] = current["train"]["iterations"]
         if saved != current:
-            raise ValueError(f"{path}: the checkpoint was written with a different config; use another --out "
-                             "directory or the same config (only train.iterations may change on --resume)")
+            diff = _config_difference(saved, current)
+            raise InputError(f"{path}: the checkpoint was written with a different config ({diff}); use another "
+                             "--out directory or the same config (only train.iterations may change on --resume)")
+        done = int(ckpt["state"]["iteration"])
+        if target < done:
+            raise InputError(f"--iterations {target}: the run in {self.out} has already done {done} iterations; "
+                             "give a larger number or leave --iterations out to continue to its own target")
+        if target != self.cfg.iterations:
+            from dataclasses import replace
+            self.exp.config = replace(self.exp.config, train=replace(self.cfg, iterations=target))
+            self.cfg = self.exp.config.train
         self.exp.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.opt.load_state_dict(ckpt["optimizer"])
@@ -309,37 +339,65 @@ class Trainer:
                f"bad_det_{steps}": s.n_nonpositive_det}
         return out
 
-    def run(self, resume: bool = False) -> TrainState:
-        if resume and self.resume():
+    def run(self, resume: bool = False, iterations: int | None = None) -> TrainState:
+        """Train to the target (``iterations`` if given, else the config's; on ``resume``, the
+        checkpoint's own target unless ``iterations`` is given). Ctrl-C or SIGTERM stops after the
+        current iteration, writes the checkpoint and raises :class:`Interrupted`."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.out / ".lock", f"--out {self.out}"):
+            return self._run(resume, iterations)
+
+    def _run(self, resume: bool, iterations: int | None) -> TrainState:
+        if resume and self.resume(iterations):
             pass
         elif resume is False and (self.out / CHECKPOINT).is_file():
             raise FileExistsError(f"{self.out / CHECKPOINT} exists; pass --resume to continue or choose another --out")
-        (self.out / "config.json").write_text(json.dumps(self.exp.config.to_dict(), indent=2))
+        elif iterations is not None and iterations != self.cfg.iterations:
+            from dataclasses import replace
+            self.exp.config = replace(self.exp.config, train=replace(self.cfg, iterations=iterations))
+            self.cfg = self.exp.config.train
+        config_json = self.out / "config.json"
+        config_json.with_name("config.json.tmp").write_text(json.dumps(self.exp.config.to_dict(), indent=2))
+        os.replace(config_json.with_name("config.json.tmp"), config_json)
         from tqdm import tqdm
         total = self.cfg.iterations
-        bar = tqdm(total=total, initial=self.state.iteration, disable=not self.progress, dynamic_ncols=True)
+        bar = self._bar = tqdm(total=total, initial=self.state.iteration, disable=not self.progress,
+                               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         log = open(self.out / "log.jsonl", "a")
         last = {}
         try:
-            while self.state.iteration < total:
-                c0 = time.process_time()
-                logs = self.step()
-                it = self.state.iteration
-                if it % self.cfg.eval_every == 0 or it == total:
-                    logs.update(self.evaluate(1))
-                    last = {k: v for k, v in logs.items() if k.startswith(("ess_", "log_z_"))}
-                self.state.cpu_seconds += time.process_time() - c0
-                log.write(json.dumps({"iteration": it, **logs}) + "\n")
-                if it % self.cfg.checkpoint_every == 0 or it == total:
-                    self.save()
-                    log.flush()
-                bar.set_postfix(loss=f"{logs['loss']:.3g}", **{k: f"{logs[k]:.3f}" for k in ("path_ess", "fm", "kl_ess") if k in logs},
-                                **{k: f"{v:.3g}" for k, v in last.items()}, skipped=self.state.nonfinite_total)
-                bar.update(1)
+            with stop_on_signal() as stop:
+                while self.state.iteration < total:
+                    if stop:
+                        self.save()
+                        log.flush()
+                        raise Interrupted(f"interrupted at iteration {self.state.iteration} of {total}; checkpoint "
+                                          f"{self.out / CHECKPOINT} written; continue with --resume")
+                    self._iteration(total, log, last)
         finally:
             bar.close()
             log.close()
         return self.state
+
+    def _iteration(self, total: int, log, last: dict) -> None:
+        """One training iteration with its evaluation, log line, checkpoint and progress update."""
+        bar = self._bar
+        c0 = time.process_time()
+        logs = self.step()
+        it = self.state.iteration
+        if it % self.cfg.eval_every == 0 or it == total:
+            logs.update(self.evaluate(1))
+            last.clear()
+            last.update({k: v for k, v in logs.items() if k.startswith(("ess_", "log_z_"))})
+        self.state.cpu_seconds += time.process_time() - c0
+        log.write(json.dumps({"iteration": it, **logs}) + "\n")
+        if it % self.cfg.checkpoint_every == 0 or it == total:
+            self.save()
+            log.flush()
+        bar.set_postfix(loss=f"{logs['loss']:.3g}", **{k: f"{logs[k]:.3f}" for k in ("path_ess", "fm", "kl_ess")
+                                                       if k in logs},
+                        **{k: f"{v:.3g}" for k, v in last.items()}, skipped=self.state.nonfinite_total)
+        bar.update(1)
 
 
 class DataTrainer(Trainer):
@@ -392,6 +450,21 @@ def make_trainer(exp: Experiment, out_dir: str | Path, progress: bool = True) ->
 
 
 def train(config: ExperimentConfig, out_dir: str | Path, device: str = "cpu", resume: bool = False,
-          progress: bool = True) -> TrainState:
-    """Train ``config`` into ``out_dir`` (checkpoint.pt, config.json, log.jsonl)."""
-    return make_trainer(build(config, device), out_dir, progress).run(resume)
+          progress: bool = True, iterations: int | None = None) -> TrainState:
+    """Train ``config`` into ``out_dir`` (checkpoint.pt, config.json, log.jsonl). ``iterations``
+    overrides train.iterations; on ``resume`` without it the run continues to its own target."""
+    return make_trainer(build(config, device), out_dir, progress).run(resume, iterations)
+
+
+def _config_difference(saved: dict, current: dict, prefix: str = "") -> str:
+    """The first keys where two config dicts differ, as 'key: saved -> current'."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _config_difference(a, b, f"{prefix}{key}.")
+            if inner:
+                out.append(inner)
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
+    return "; ".join(out[:3])

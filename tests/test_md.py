@@ -36,7 +36,7 @@ def test_resume_after_a_kill_neither_loses_nor_duplicates_frames(tmp_path):
     full = run_md(short(ns=0.002), tmp_path / "a.h5", show_progress=False)
     # simulate a kill: keep only the first chunk of a second, identical run, then resume it
     run_md(short(ns=0.002), tmp_path / "b.h5", show_progress=False)
-    parts = sorted((tmp_path / "b.parts" / "r0").glob("chunk_*.npz"))
+    parts = sorted((tmp_path / "b.h5.parts" / "r0").glob("chunk_*.npz"))
     assert len(parts) == 2
     parts[-1].unlink()
     (tmp_path / "b.h5").unlink()

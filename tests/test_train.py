@@ -36,7 +36,7 @@ def test_resume_continues_bit_for_bit(tmp_path):
     train(tiny(4), tmp_path / "split", progress=False)                # "killed" after 4 iterations
     with pytest.raises(ValueError, match="different config"):          # any key but the length is fixed
         Trainer(build(tiny(8, lr=1e-4)), tmp_path / "split", progress=False).run(resume=True)
-    train(tiny(8), tmp_path / "split", progress=False, resume=True)    # the run is extended to 8 iterations
+    train(tiny(4), tmp_path / "split", progress=False, resume=True, iterations=8)   # extended to 8 iterations
     a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
     b = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
     for name in a["model"]:
@@ -232,8 +232,10 @@ def test_config_overrides_are_checked_like_the_file(tmp_path):
     with pytest.raises(ConfigError, match="key 'lr'"):
         ExperimentConfig.load(TINY, ["train.lr=fast"])
     # YAML 1.1 reads exponents without a dot or sign as strings; a float key takes them as numbers
-    for text, value in [("1e-4", 1e-4), ("1.0e6", 1e6), ("2E+3", 2e3), ("-.5e1", -5.0)]:
+    for text, value in [("1e-4", 1e-4), ("1.0e6", 1e6), ("2E+3", 2e3)]:
         assert ExperimentConfig.load(TINY, [f"train.lr={text}"]).train.lr == value
+    with pytest.raises(ConfigError, match=r"train.lr = -5.0: must be positive"):     # the range is checked too
+        ExperimentConfig.load(TINY, ["train.lr=-.5e1"])
     with pytest.raises(ConfigError, match="key 'lr'"):
         ExperimentConfig.load(TINY, ["train.lr=1e"])
     with pytest.raises(ConfigError, match="key 'batch'"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import read_positions
+from ..io import InputError, open_npz, read_positions
 
 
 @dataclass
@@ -76,9 +76,12 @@ def load_ensemble(paths: list[str | Path], target, label: str | None = None) -> 
     label = label or paths[0].stem
     first = paths[0]
     if first.suffix == ".npz":
-        with np.load(first, allow_pickle=False) as d:
-            keys = set(d.files)
-            data = {k: d[k] for k in keys}
+        data = open_npz(first)
+        keys = set(data)
+        for key in ("x", "xyz", "frames_xyz"):
+            if key in data and (data[key].ndim < 2 or len(data[key]) == 0):
+                raise InputError(f"{first}: '{key}' holds no conformations (shape {data[key].shape}); at least "
+                                 "one is needed")
         if "compact_reference" in keys:
             return _compact(first, data, target, label)
         if "frames_xyz" in keys:

@@ -50,7 +50,8 @@ def build_openmm_system(pdb_path: str | Path, forcefield: tuple[str, ...],
         raise SystemBuildError(f"PDB file not found: {pdb_path}")
     if nonbonded_method not in NONBONDED_METHODS:
         raise SystemBuildError(f"nonbonded method {nonbonded_method!r} is not supported; use one of {NONBONDED_METHODS}")
-    pdb = app.PDBFile(str(pdb_path))
+    from ..io import load_pdbfile
+    pdb = load_pdbfile(pdb_path)
     files = [_resolve_forcefield(f, base) for f in forcefield]
     try:
         ff = app.ForceField(*files)
@@ -88,6 +89,8 @@ class OpenMMTarget(Target):
     def __init__(self, name, topology, positions, system, temperature: float, forcefield=()):
         import mdtraj
 
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise SystemBuildError(f"{name}: temperature = {temperature} K; a temperature must be positive and finite")
         self.name, self.temperature = name, float(temperature)
         self.openmm_topology, self.system = topology, system
         self.topology = mdtraj.Topology.from_openmm(topology)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..config import ConfigError, from_dict, load_yaml
+from ..config import ConfigError, check_ranges, from_dict, load_yaml
 from .analytic import Funnel, GaussianMixture, ManyWell, MultiWell
 from .base import Target
 from .openmm_target import OpenMMTarget
@@ -27,6 +27,9 @@ class OpenMMSpec:
     nonbonded_method: Literal["NoCutoff"] = "NoCutoff"
     description: str = ""
 
+    def __post_init__(self):
+        check_ranges(self, "system", {"temperature": ">0"})
+
 
 @dataclass(frozen=True)
 class LennardJonesSpec:
@@ -40,6 +43,9 @@ class LennardJonesSpec:
     convention: Literal["pairs-once", "dem"] = "pairs-once"
     description: str = ""
 
+    def __post_init__(self):
+        check_ranges(self, "system", {"n_particles": ">=1", "epsilon": ">0", "r_m": ">0", "tether": ">=0", "tau": ">0"})
+
 
 @dataclass(frozen=True)
 class DoubleWellSpec:
@@ -52,6 +58,9 @@ class DoubleWellSpec:
     d0: float = 4.0
     tau: float = 1.0
     description: str = ""
+
+    def __post_init__(self):
+        check_ranges(self, "system", {"n_particles": ">=1", "tau": ">0"})
 
 
 @dataclass(frozen=True)
