@@ -213,6 +213,11 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     """
     from .targets import load_target
     out = Path(out)
+    target = load_target(settings.system)            # checked before any window starts
+    if not hasattr(target, "openmm_system") or getattr(target, "topology", None) is None:
+        raise ValueError(f"system {settings.system!r}: umbrella sampling needs a molecule with an OpenMM force field")
+    for name in restrained_angles(settings):
+        dihedral_atoms(target.topology, name)
     workdir = out.with_name(out.stem + ".windows")
     workdir.mkdir(parents=True, exist_ok=True)
     settings_file = workdir / "settings.json"

@@ -441,3 +441,9 @@ def test_a_permission_error_on_the_output_is_one_line(capsys, tmp_path, checkpoi
             "sample": ["sample", checkpoint, "--n", "4", "--out", tmp_path / "s.npz"]}[command]
     fails(capsys, argv, "cannot write there", "Permission denied")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("system", ["gmm40", "lj13"])
+def test_umbrella_of_a_system_without_backbone_dihedrals_is_refused_before_any_window(capsys, tmp_path, system):
+    fails(capsys, ["umbrella", system, "--out", tmp_path / "u.npz"], system, "OpenMM force field")
+    assert not list(tmp_path.iterdir())
