@@ -120,3 +120,74 @@ def mackay_icosahedron(shells: int, spacing: float = 1.0) -> np.ndarray:
     if shells == 2:
         pts += list(2 * ico) + [ico[i] + ico[j] for i, j in edges]
     return spacing * np.array(pts)
+
+
+def _capped_backbone(residues, phi_psi):
+    """(residue index, residue name, atom name, element, position nm) of the heavy backbone (and CB)
+    of ACE-X1-...-Xn-NME, by NeRF from standard peptide geometry with the given (phi, psi) in degrees."""
+    out = []
+    ch3, c0 = np.array([0.0, 0.0, 0.0]), np.array([0.152, 0.0, 0.0])
+    o0 = place_atom(np.array([0.0, 1.0, 0.0]), ch3, c0, 0.123, 121.0, 0.0)
+    out += [(0, "ACE", "CH3", "C", ch3), (0, "ACE", "C", "C", c0), (0, "ACE", "O", "O", o0)]
+    prev_ca, prev_c, prev_o = ch3, c0, o0           # the previous residue's CA (CH3 for ACE), C and O
+    n = place_atom(o0, ch3, c0, 0.133, 116.0, 180.0)
+    for k, (name, (phi, psi)) in enumerate(zip(residues, phi_psi), start=1):
+        ca = place_atom(prev_ca, prev_c, n, 0.146, 122.0, 180.0)           # omega: trans
+        c = place_atom(prev_c, n, ca, 0.152, 111.0, phi)
+        out += [(k, name, "N", "N", n), (k, name, "CA", "C", ca)]
+        if name != "GLY":
+            out.append((k, name, "CB", "C", place_atom(prev_c, n, ca, 0.153, 110.0, phi - 120.0)))   # L
+        next_n = place_atom(n, ca, c, 0.133, 116.0, psi)
+        o = place_atom(n, ca, c, 0.123, 121.0, psi + 180.0)
+        out += [(k, name, "C", "C", c), (k, name, "O", "O", o)]
+        prev_ca, prev_c, n = ca, c, next_n
+    c_me = place_atom(prev_ca, prev_c, n, 0.146, 122.0, 180.0)
+    k = len(residues) + 1
+    out += [(k, "NME", "N", "N", n), (k, "NME", "C", "C", c_me)]
+    return out
+
+
+def build_capped_peptide(residues=("ALA",), phi_psi=None,
+                         forcefield_files=("amber99sbildn.xml", "amber99_obc.xml"), minimise: bool = True):
+    """An ACE-X1-...-Xn-NME structure with all atoms, for any standard residues (rings included).
+
+    The backbone and CB are placed from standard geometry at the given (phi, psi) per residue
+    (degrees; default (-80, 80) each, all peptide bonds trans, L-amino acids); PDBFixer adds the
+    remaining side-chain atoms from its residue templates and the hydrogens; the structure is then
+    minimised in the force field.
+
+    Returns
+    -------
+    topology : openmm.app.Topology
+    positions : ndarray, shape (N, 3), nm
+    """
+    import io
+
+    import openmm
+    from openmm import app, unit
+    from pdbfixer import PDBFixer
+
+    residues = tuple(r.upper() for r in residues)
+    phi_psi = list(phi_psi) if phi_psi is not None else [(-80.0, 80.0)] * len(residues)
+    if len(phi_psi) != len(residues):
+        raise ValueError(f"phi_psi: {len(phi_psi)} pairs for {len(residues)} residues")
+    lines = []
+    for serial, (k, res, name, elem, xyz) in enumerate(_capped_backbone(residues, phi_psi), start=1):
+        x, y, z = 10.0 * xyz                                 # PDB: Angstrom
+        lines.append(f"ATOM  {serial:5d} {name:<4s} {res:>3s} A{k + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00"
+                     f"          {elem:>2s}")
+    fixer = PDBFixer(pdbfile=io.StringIO("\n".join(lines + ["END"]) + "\n"))
+    fixer.missingResidues = {}
+    fixer.findMissingAtoms()
+    fixer.missingTerminals = {}
+    fixer.addMissingAtoms()
+    fixer.addMissingHydrogens(7.0)
+    top, positions = fixer.topology, fixer.positions
+    if minimise:
+        ff = app.ForceField(*forcefield_files)
+        system = ff.createSystem(top, nonbondedMethod=app.NoCutoff, constraints=None)
+        ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(positions)
+        openmm.LocalEnergyMinimizer.minimize(ctx, 1e-3, 0)
+        positions = ctx.getState(getPositions=True).getPositions(asNumpy=True)
+    return top, np.asarray(positions.value_in_unit(unit.nanometer), dtype=np.float64)
