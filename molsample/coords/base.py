@@ -1,0 +1,252 @@
+"""A base distribution built from the molecule: exact densities on internal coordinates.
+
+The internal coordinates y (bonds, angles, torsions) are rearranged by an exact, volume-preserving
+bijection into soft torsions s (on the torus) and near-linear coordinates h (in R^m):
+
+- torsions about the same bond move together: the first (in placement order) leads, every other
+  one becomes its offset from the lead, wrap(phi_j - phi_lead) (a shear of the torus, |det| = 1);
+- a lead or offset whose circular spread over reference frames is below ``stiff_below`` radians
+  (peptide bonds, impropers, the torsion that fixes a stereocentre, a methyl group's 120-degree
+  offsets) is unwrapped about its circular mean and joins the bonds and angles in h.
+
+Then p(y) = p(s) p(h | s):
+
+- p(s): a smoothed histogram on the torus, joint for the (phi, psi) pair of each residue and one
+  per remaining soft torsion, mixed with a uniform floor so that every state is proposed;
+- p(h | s) = N(h; B f(s), L L^T): means that follow the soft torsions through Fourier features
+  f(s), fitted by weighted least squares, and the full covariance of the residuals.
+
+Sampling and log_prob are exact (piecewise-constant histogram densities, a Gaussian with a constant
+Jacobian). A sample whose bond, angle or unwrapped torsion falls outside its domain has zero target
+density: the target gives it weight 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .target import wrap
+from .transform import InternalCoordinates
+
+
+def circular_spread(theta: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted circular mean and circular standard deviation sqrt(-2 ln R) per column of theta (M, k)."""
+    c = w @ np.exp(1j * theta)
+    r = np.clip(np.abs(c), 1e-300, 1.0)
+    return np.angle(c), np.sqrt(-2.0 * np.log(r))
+
+
+@dataclass
+class TorusHistogram:
+    """A piecewise-constant density on T^d (d = 1 or 2) with ``bins`` bins per angle on [-pi, pi)."""
+    prob: np.ndarray            # (bins,) * d, sums to 1
+    bins: int
+
+    @classmethod
+    def fit(cls, theta: np.ndarray, w: np.ndarray, bins: int, smooth_bins: float, floor: float) -> "TorusHistogram":
+        """Weighted histogram of theta (M, d), smoothed by a periodic Gaussian of ``smooth_bins``
+        bins, mixed with the uniform density at weight ``floor``."""
+        d = theta.shape[1]
+        idx = np.floor((wrap_np(theta) + math.pi) / (2 * math.pi) * bins).astype(int) % bins
+        hist = np.zeros((bins,) * d)
+        np.add.at(hist, tuple(idx.T), w)
+        if smooth_bins > 0:
+            k = np.fft.fftfreq(bins) * bins
+            kernel = np.exp(-0.5 * (2 * math.pi * k / bins * smooth_bins) ** 2)
+            for axis in range(d):
+                shape = [1] * d
+                shape[axis] = bins
+                hist = np.real(np.fft.ifft(np.fft.fft(hist, axis=axis) * kernel.reshape(shape), axis=axis))
+        hist = np.clip(hist, 0, None)
+        hist = hist / hist.sum()
+        prob = (1 - floor) * hist + floor / hist.size
+        return cls(prob, bins)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, d) float64 angles in [-pi, pi)."""
+        d = self.prob.ndim
+        flat = torch.as_tensor(self.prob.reshape(-1))
+        cell = torch.multinomial(flat, n, replacement=True, generator=generator)
+        idx = np.stack(np.unravel_index(cell.numpy(), self.prob.shape), axis=1)
+        u = torch.rand(n, d, generator=generator, dtype=torch.float64)
+        width = 2 * math.pi / self.bins
+        return -math.pi + (torch.as_tensor(idx, dtype=torch.float64) + u) * width
+
+    def log_prob(self, theta: torch.Tensor) -> torch.Tensor:
+        """theta (B, d) -> (B,) log density (per rad^d)."""
+        d = self.prob.ndim
+        idx = torch.floor((wrap(theta) + math.pi) / (2 * math.pi) * self.bins).long() % self.bins
+        table = torch.as_tensor(np.log(self.prob), dtype=theta.dtype, device=theta.device)
+        cell_volume = (2 * math.pi / self.bins) ** d
+        return table[tuple(idx.T)] - math.log(cell_volume)
+
+
+def wrap_np(a: np.ndarray) -> np.ndarray:
+    return np.remainder(a + math.pi, 2 * math.pi) - math.pi
+
+
+def fourier_features(s: torch.Tensor, pairs: list[tuple[int, int]], order: int) -> torch.Tensor:
+    """[1, cos(k s_j), sin(k s_j) (k <= order), and cos/sin(s_a +- s_b) for each pair], (B, F)."""
+    cols = [torch.ones(s.shape[0], 1, dtype=s.dtype, device=s.device)]
+    for k in range(1, order + 1):
+        cols += [torch.cos(k * s), torch.sin(k * s)]
+    for a, b in pairs:
+        for combo in (s[:, a] + s[:, b], s[:, a] - s[:, b]):
+            cols += [torch.cos(combo)[:, None], torch.sin(combo)[:, None]]
+    return torch.cat(cols, dim=1)
+
+
+class StructuredBase:
+    """p(y) = p(s) p(h | s) on the internal coordinates of ``ic`` (see the module docstring).
+
+    Build with :meth:`fit` from reference frames and their log weights.
+    """
+
+    def __init__(self, ic: InternalCoordinates, lead: np.ndarray, soft: np.ndarray, centre: np.ndarray,
+                 groups: list[tuple[int, ...]], histograms: list[TorusHistogram], coef: np.ndarray,
+                 chol: np.ndarray, order: int, pairs: list[tuple[int, int]]):
+        self.ic, self.order = ic, order
+        self.lead = torch.as_tensor(lead)             # per torsion: index of its group's lead torsion
+        nt = ic.zmatrix.n_torsions
+        self.soft = torch.as_tensor(soft)             # torsion indices that stay on the torus
+        self.stiff = torch.as_tensor(np.setdiff1d(np.arange(nt), soft))
+        self.centre = torch.as_tensor(centre)         # circular mean of each (relative) torsion
+        self.groups, self.histograms, self.pairs = groups, histograms, pairs
+        self.coef = torch.as_tensor(coef)             # (F, m)
+        self.chol = torch.as_tensor(chol)             # (m, m) lower
+        self.log_det_chol = float(np.log(np.diag(chol)).sum())
+        self.n_linear = chol.shape[0]
+
+    # ------------------------------------------------------------------ the rearrangement
+    def relative_torsions(self, tors: torch.Tensor) -> torch.Tensor:
+        """Torsions (B, n_t) -> leads unchanged, the others as offsets from their lead."""
+        lead = self.lead.to(tors.device)
+        is_lead = lead == torch.arange(len(lead), device=tors.device)
+        return torch.where(is_lead, tors, wrap(tors - tors[:, lead]))
+
+    def absolute_torsions(self, rel: torch.Tensor) -> torch.Tensor:
+        lead = self.lead.to(rel.device)
+        is_lead = lead == torch.arange(len(lead), device=rel.device)
+        return torch.where(is_lead, rel, wrap(rel + rel[:, lead]))
+
+    def split(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Internal coordinates y (B, 3N - 6) -> (s (B, k), h (B, m))."""
+        ic = self.ic
+        rel = self.relative_torsions(y[:, ic.torsions])
+        c = self.centre.to(y)[self.stiff]
+        stiff = c + wrap(rel[:, self.stiff] - c)
+        h = torch.cat([y[:, ic.bonds], y[:, ic.angles], stiff], dim=1)
+        return rel[:, self.soft], h
+
+    def join(self, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """(s, h) -> internal coordinates y (B, 3N - 6); stiff torsions wrapped back."""
+        ic = self.ic
+        nb, na = ic.zmatrix.n_bonds, ic.zmatrix.n_angles
+        rel = torch.zeros(s.shape[0], ic.zmatrix.n_torsions, dtype=s.dtype, device=s.device)
+        rel[:, self.soft] = s
+        rel[:, self.stiff] = wrap(h[:, nb + na:])
+        return torch.cat([h[:, :nb], h[:, nb:nb + na], self.absolute_torsions(rel)], dim=1)
+
+    def unwrapped_in_window(self, h: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: every stiff torsion lies within pi of its centre (else the map is not one-to-one there)."""
+        nb, na = self.ic.zmatrix.n_bonds, self.ic.zmatrix.n_angles
+        c = self.centre.to(h)[self.stiff]
+        dev = h[:, nb + na:] - c
+        return ((dev >= -math.pi) & (dev < math.pi)).all(1)
+
+    # ------------------------------------------------------------------ density
+    def _soft_log_prob(self, s: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
+        for group, hist in zip(self.groups, self.histograms):
+            out = out + hist.log_prob(s[:, list(group)])
+        return out
+
+    def _mean(self, s: torch.Tensor) -> torch.Tensor:
+        return fourier_features(s, self.pairs, self.order) @ self.coef.to(s)
+
+    def sample(self, n: int, generator: torch.Generator, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """n draws: (y (n, 3N - 6), log p(y) (n,)); stiff torsions outside their window get log p = -inf."""
+        k = len(self.soft)
+        s = torch.zeros(n, k, dtype=torch.float64)
+        for group, hist in zip(self.groups, self.histograms):
+            s[:, list(group)] = hist.sample(n, generator)
+        eps = torch.randn(n, self.n_linear, generator=generator, dtype=torch.float64)
+        h = self._mean(s) + eps @ self.chol.T
+        log_p = self._soft_log_prob(s) + _std_normal_log_prob(eps) - self.log_det_chol
+        log_p = torch.where(self.unwrapped_in_window(h), log_p, torch.full_like(log_p, -math.inf))
+        return self.join(s, h).to(dtype), log_p.to(dtype)
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """Exact log density of internal coordinates y (B, 3N - 6)."""
+        s, h = self.split(y)
+        eps = torch.linalg.solve_triangular(self.chol.to(y), (h - self._mean(s)).T, upper=False).T
+        return self._soft_log_prob(s) + _std_normal_log_prob(eps) - self.log_det_chol
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, ic: InternalCoordinates, x: np.ndarray, log_w: np.ndarray | None, topology,
+            stiff_below: float = 0.35, bins_2d: int = 36, bins_1d: int = 72, smooth_bins: float = 1.0,
+            floor: float = 0.05, order: int = 2, ridge: float = 1e-3, jitter: float = 1e-10) -> "StructuredBase":
+        """Fit to frames x (M, N, 3) nm with log weights (None: equal). ``topology`` (mdtraj, the
+        molecule's) gives the bonds and the backbone (phi, psi) pairs that get joint histograms."""
+        import mdtraj
+
+        y = ic.forward(torch.as_tensor(x, dtype=torch.float64))
+        w = np.ones(len(y)) if log_w is None else np.exp(np.asarray(log_w) - np.max(log_w))
+        w = w / w.sum()
+        zm = ic.zmatrix
+        quads = zm.torsion_atoms()
+        bonded = {frozenset((b[0].index, b[1].index)) for b in topology.bonds}
+        # proper torsions (c bonded to b) turn about the bond a-b; an improper-like one is its own group
+        axis = [frozenset((int(a), int(b))) if frozenset((int(b), int(c))) in bonded else ("improper", j)
+                for j, (_, a, b, c) in enumerate(quads)]
+        first: dict = {}
+        lead = np.array([first.setdefault(ax, j) for j, ax in enumerate(axis)])
+        tmp = cls(ic, lead, np.arange(0), np.zeros(len(lead)), [], [], np.zeros((1, 1)), np.eye(1), order, [])
+        rel = tmp.relative_torsions(y[:, ic.torsions]).numpy()
+        centre, spread = circular_spread(rel, w)
+        soft = np.flatnonzero(spread >= stiff_below)
+        # (phi, psi) pairs of each residue among the soft torsions, by the bond they turn about
+        pairs_atoms = []
+        dummy = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology)
+        phi_idx, psi_idx = mdtraj.compute_phi(dummy)[0], mdtraj.compute_psi(dummy)[0]
+        by_residue: dict = {}
+        for kind, table in (("phi", phi_idx), ("psi", psi_idx)):
+            for q in table:
+                res = topology.atom(int(q[1] if kind == "phi" else q[2])).residue.index
+                by_residue.setdefault(res, {})[kind] = frozenset((int(q[1]), int(q[2])))
+        pairs_atoms = [(v["phi"], v["psi"]) for v in by_residue.values() if "phi" in v and "psi" in v]
+        position = {int(j): n for n, j in enumerate(soft)}
+        soft_axis = {axis[j]: position[int(j)] for j in soft if lead[j] == j}
+        pairs = [(soft_axis[a], soft_axis[b]) for a, b in pairs_atoms if a in soft_axis and b in soft_axis]
+        paired = {i for p in pairs for i in p}
+        groups = [tuple(p) for p in pairs] + [(i,) for i in range(len(soft)) if i not in paired]
+        s = rel[:, soft]
+        histograms = [TorusHistogram.fit(s[:, list(g)], w, bins_2d if len(g) == 2 else bins_1d, smooth_bins, floor)
+                      for g in groups]
+        base = cls(ic, lead, soft, centre, groups, histograms, np.zeros((1, 1)), np.eye(1), order, pairs)
+        s_t, h_t = base.split(y)
+        f = fourier_features(s_t, pairs, order).numpy()
+        h = h_t.numpy()
+        # weighted ridge regression: the penalty (relative to each feature's weighted power; none on
+        # the constant) keeps the means tame where the frames are sparse
+        gram = (f * w[:, None]).T @ f
+        penalty = ridge * np.diag(np.r_[0.0, np.diag(gram)[1:]])
+        coef = np.linalg.solve(gram + penalty, (f * w[:, None]).T @ h)
+        resid = h - f @ coef
+        cov = (resid * w[:, None]).T @ resid
+        cov += jitter * np.diag(np.diag(cov)) + 1e-14 * np.eye(len(cov))
+        chol = np.linalg.cholesky(cov)
+        return cls(ic, lead, soft, centre, groups, histograms, coef, chol, order, pairs)
+
+    def describe(self) -> dict:
+        return {"soft_torsions": int(len(self.soft)), "stiff_coordinates": int(self.n_linear),
+                "histograms": [len(g) for g in self.groups], "pairs": len(self.pairs),
+                "fourier_order": self.order}
+
+
+def _std_normal_log_prob(eps: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (eps ** 2).sum(1) - 0.5 * eps.shape[1] * math.log(2 * math.pi)
