@@ -12,6 +12,12 @@ sample (draw + Cartesian reconstruction + energy), and the reweighted p(phi > 0)
 phi < 0) and basin populations.
 
     python benchmarks/bench_ic_base.py --system aldp --frames systems/aldp/reference/aldp_md_2x50ns.npz --n 20000
+
+``--frames`` takes several files, each FILE or FILE:SHARE (the share of the total weight its frames
+get; default equal shares), e.g. 300 K MD with 10 % of the weight on 500 K MD frames so that the
+base also proposes the states 300 K MD does not visit. ``--seeds`` repeats the draws with
+independent seeds and prints the spread of each estimate beside its bootstrap error (heavy-tailed
+weights make the bootstrap too small; the spread over seeds is the honest error).
 """
 from __future__ import annotations
 
@@ -76,12 +82,27 @@ def evaluate(name, sample, target: InternalCoordinateTarget, n: int, seed: int, 
     return out
 
 
+def mixed_frames(specs: list[str], target) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of several files, each FILE or FILE:SHARE, with log weights giving each file its share."""
+    xs, lws, shares = [], [], []
+    for spec in specs:
+        path, _, share = spec.partition(":")
+        x, lw = load_frames(path, target)
+        lw = lw - np.logaddexp.reduce(lw)                      # normalised within the file
+        xs.append(x)
+        lws.append(lw)
+        shares.append(float(share) if share else 1.0 / len(specs))
+    total = sum(shares)
+    return np.concatenate(xs), np.concatenate([lw + np.log(s / total) for lw, s in zip(lws, shares)])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--system", default="aldp")
-    p.add_argument("--frames", default="systems/aldp/reference/aldp_md_2x50ns.npz")
+    p.add_argument("--frames", nargs="+", default=["systems/aldp/reference/aldp_md_2x50ns.npz"])
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1, help="independent repeats (seeds seed, seed + 1, ...)")
     p.add_argument("--proposals", nargs="+", default=["plain-frames", "plain-forcefield", "structured"])
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
@@ -89,15 +110,16 @@ def main(argv=None) -> int:
     cart = load_target(args.system)
     ic = InternalCoordinates(cart.topology)
     target = InternalCoordinateTarget(cart, ic=ic)
-    x, log_w = load_frames(args.frames, cart)
+    x, log_w = mixed_frames(args.frames, cart)
     t0 = time.process_time()
     base = StructuredBase.fit(ic, x, log_w, cart.topology)
     fit_cpu = time.process_time() - t0
     proposals = {"plain-frames": plain(ic, Whitening.from_frames(ic, x, log_w)),
                  "plain-forcefield": plain(ic, Whitening.from_forcefield(ic, cart)),
                  "structured": lambda n, gen: base.sample(n, gen)}
-    rows = [evaluate(name, proposals[name], target, args.n, args.seed) for name in args.proposals]
-    print(f"# {args.system}: {ic.dim} internal coordinates, frames {args.frames} ({len(x)}), "
+    rows = [evaluate(name, proposals[name], target, args.n, args.seed + k) for name in args.proposals
+            for k in range(args.seeds)]
+    print(f"# {args.system}: {ic.dim} internal coordinates, frames {' '.join(args.frames)} ({len(x)}), "
           f"structured base {base.describe()} fitted in {fit_cpu:.1f} CPU-s; {args.n} draws, seed {args.seed}")
     print(f"{'proposal':<18} {'ESS':>16} {'ood':>5} {'supp':>5} {'ms':>6} {'p(phi>0)':>18} {'dF (kT)':>16}")
     for r in rows:
@@ -105,6 +127,15 @@ def main(argv=None) -> int:
         print(f"{r['proposal']:<18} {e['value']:>8.4f} +- {e['stderr']:.4f} {r['out_of_domain']:>5d} "
               f"{r['outside_support']:>5d} {r['ms_per_sample']:>6.2f} {pp['value']:>9.5f} +- {pp['stderr']:.5f} "
               f"{df['value']:>7.3f} +- {df['stderr']:.3f}")
+    if args.seeds > 1:
+        for name in args.proposals:
+            sel = [r for r in rows if r["proposal"] == name]
+            for key in ("ess", "p_phi_positive", "dF_phi_positive_minus_negative_kT"):
+                v = np.array([r[key]["value"] for r in sel])
+                se = np.array([r[key]["stderr"] for r in sel])
+                print(f"{name:<18} {key}: mean {v.mean():.5g}, spread over {len(v)} seeds {v.std(ddof=1):.3g} "
+                      f"(standard error of the mean {v.std(ddof=1) / np.sqrt(len(v)):.3g}); median bootstrap "
+                      f"error {np.median(se):.3g}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "base": base.describe(), "fit_cpu_seconds": fit_cpu, "rows": rows}, f,
