@@ -228,13 +228,16 @@ def _cmd_pt(args) -> int:
     ladder = ", ".join(f"{t:.1f}" for t in s["temperatures"])
     print(f"# parallel tempering of {meta['system']}: {len(s['temperatures'])} temperatures ({ladder} K), "
           f"{meta['n_iterations']} of {meta['n_iterations_target']} iterations x {s['exchange_ps']} ps "
-          f"({meta['ns_per_replica_done']:.3f} ns per replica), {meta['cpu_seconds'] / 60:.1f} CPU-min; "
+          f"({meta['ns_per_replica_done']:.3f} ns per replica), {meta['cpu_seconds']:.0f} CPU-s; "
           f"wrote {out} and {Path(out).with_suffix('.json')}")
     ex = est["exchange"]
     print("neighbour acceptance: " + ", ".join(f"{p['acceptance']:.2f}" if p["acceptance"] is not None else "-"
                                                for p in ex["neighbour_acceptance"])
           + f"; round trips {ex['round_trips']}")
-    if "dF_phi_positive_minus_negative_kT" in est:
+    if "dF_phi_positive_minus_negative_kT" in est and not np.isfinite(est["dF_phi_positive_minus_negative_kT"]["value"]):
+        print(f"dF(phi > 0 vs phi < 0): no sample on one side at any temperature; run longer or raise the top "
+              "temperature")
+    elif "dF_phi_positive_minus_negative_kT" in est:
         d = est["dF_phi_positive_minus_negative_kT"]
         print(f"dF(phi > 0 vs phi < 0) at {est['temperature_K']:g} K, MBAR over all temperatures = {d['value']:.3f} "
               f"+- {d['stderr']:.3f} kT (block bootstrap +- {d['stderr_bootstrap']:.3f}; halves "

@@ -208,3 +208,31 @@ def test_functions_raise_clear_errors(tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         run_pt(PTSettings(system="aldp", ns=0.01, temperatures=(300.0, 400.0)), tmp_path / "b.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.pt"]
+
+
+@pytest.mark.slow
+def test_repeated_kills_at_random_moments_including_setup_and_snapshots(tmp_path):
+    out = tmp_path / "v.npz"
+    work = run_directory(out)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = ["pt", "aldp-vacuum", "--ns", "0.3", "--temperatures", "300:450:3", "--exchange-ps", "0.5",
+            "--equilibration", "2", "--checkpoint-every", "7", "--out", str(out), "--quiet"]
+    rng = np.random.default_rng(0)
+    seen = None
+    for i in range(8):
+        proc = subprocess.Popen([sys.executable, "-m", "molsample.cli", *args, *(["--resume"] if i else [])],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 7.0))             # imports take ~3 s: some kills land in the setup
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if latest_snapshot(work) is not None:
+            now = read_storage(work)["energy_kj_per_mol"]
+            if seen is not None:                      # what was snapshotted before is never rewritten
+                assert len(now) >= len(seen) and np.array_equal(now[:len(seen)], seen)
+            seen = now
+    assert main(args + ["--resume"]) == 0
+    final = read_storage(work)
+    assert final["iterations"].tolist() == list(range(1, 601))
+    assert len(np.unique(final["energy_kj_per_mol"], axis=0)) == 600
+    if seen is not None:
+        assert np.array_equal(final["energy_kj_per_mol"][:len(seen)], seen)
