@@ -283,6 +283,46 @@ def _cmd_umbrella(args) -> int:
     return 0
 
 
+def _cmd_pt(args) -> int:
+    from .replica import PTSettings, parse_temperatures, run_pt
+
+    settings = PTSettings(system=args.system, ns=args.ns, temperatures=parse_temperatures(args.temperatures),
+                          exchange_ps=args.exchange_ps, timestep_fs=args.timestep, friction_per_ps=args.friction,
+                          equilibration_ps=args.equilibration, platform=args.platform, seed=args.seed,
+                          checkpoint_every=args.checkpoint_every)
+    out = args.out or f"{args.system}_pt.npz"
+    meta = run_pt(settings, out, resume=args.resume, show_progress=not args.quiet, analyse_only=args.analyse_only)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    est, s = meta["estimates"], meta["settings"]
+    ladder = ", ".join(f"{t:.1f}" for t in s["temperatures"])
+    print(f"# parallel tempering of {meta['system']}: {len(s['temperatures'])} temperatures ({ladder} K), "
+          f"{meta['n_iterations']} of {meta['n_iterations_target']} iterations x {s['exchange_ps']} ps "
+          f"({meta['ns_per_replica_done']:.3f} ns per replica), {meta['cpu_seconds']:.0f} CPU-s; "
+          f"wrote {out} and {Path(out).with_suffix('.json')}")
+    ex = est["exchange"]
+    print("neighbour acceptance: " + ", ".join(f"{p['acceptance']:.2f}" if p["acceptance"] is not None else "-"
+                                               for p in ex["neighbour_acceptance"])
+          + f"; round trips {ex['round_trips']}")
+    if "dF_phi_positive_minus_negative_kT" in est and not np.isfinite(est["dF_phi_positive_minus_negative_kT"]["value"]):
+        print(f"dF(phi > 0 vs phi < 0): no sample on one side at any temperature; run longer or raise the top "
+              "temperature")
+    elif "dF_phi_positive_minus_negative_kT" in est:
+        d = est["dF_phi_positive_minus_negative_kT"]
+        print(f"dF(phi > 0 vs phi < 0) at {est['temperature_K']:g} K, MBAR over all temperatures = {d['value']:.3f} "
+              f"+- {d['stderr']:.3f} kT (block bootstrap +- {d['stderr_bootstrap']:.3f}; halves "
+              + ", ".join(f"{h:.3f}" for h in d["halves"]) + ")")
+        if "replica_at_temperature" in est:
+            r = est["replica_at_temperature"]["dF_phi_positive_minus_negative_kT"]
+            g = est["phi_positive_inefficiency"]["g"]
+            print(f"dF from the {est['temperature_K']:g} K replica alone = {r['value']:.3f} +- {r['stderr']:.3f} kT; "
+                  f"statistical inefficiency of the phi > 0 indicator there g = {g:.1f} iterations")
+        for name, v in est["basins"].items():
+            print(f"p({name}) = {v['value']:.4f} +- {v['stderr']:.4f}")
+    return 0
+
+
 def _cmd_compare(args) -> int:
     from .analysis.compare import compare, write_report
     from .analysis.ensembles import load_ensemble
@@ -485,6 +525,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help=".npz (default SYSTEM_umbrella_DIHEDRAL.npz)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_umbrella)
+
+    p = sub.add_parser("pt", help="temperature replica exchange (parallel tempering) + MBAR over temperatures")
+    p.add_argument("system")
+    p.add_argument("--ns", type=float, required=True, help="production length per replica (ns)")
+    p.add_argument("--temperatures", default="300:700:8",
+                   help="Tmin:Tmax:n, a geometric ladder of n temperatures (K), or a comma-separated list")
+    p.add_argument("--out", help="results .npz (a .json beside it, the run's storage in NAME.pt/); "
+                                 "default SYSTEM_pt.npz")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last snapshot "
+                                                         "(a larger --ns extends a finished one)")
+    p.add_argument("--analyse-only", action="store_true", help="analyse the run's newest snapshot, simulate nothing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--platform", default="Reference", help="OpenMM platform (Reference is fastest for ~20 atoms)")
+    p.add_argument("--exchange-ps", type=float, default=1.0, help="dynamics between exchange attempts (ps)")
+    p.add_argument("--timestep", type=float, default=1.0, help="fs")
+    p.add_argument("--friction", type=float, default=1.0, help="1/ps")
+    p.add_argument("--equilibration", type=float, default=100.0, help="ps per replica before the first iteration")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="iterations between snapshots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_cmd_pt)
 
     p = sub.add_parser("compare", help="compare samples (weighted or not) with an MD or umbrella reference")
     p.add_argument("samples", help="`molsample sample` .npz, a trajectory, or an umbrella .npz")
