@@ -14,10 +14,11 @@ later window starts from the end of the previous one, its grid neighbour (a serp
 the grid), then equilibrates before sampling. Every sample records phi, psi, the peptide-bond
 torsions omega and the chirality at each CA, so a window that flipped to D-alanine or to a cis
 peptide is reported. MBAR (pymbar) runs on samples decorrelated by the slowest of several
-observables (the restrained and free backbone angles, omega, the restraint and potential energies),
-with statistical inefficiencies that also see slow components under a fast oscillation (block
-averages). Every saved sample then gets its unbiased weight, w_n proportional to
-1 / sum_k N_k exp(f_k - u_k(x_n)), which yields the free-energy profile, dF(phi > 0 vs phi < 0),
+observables the estimates depend on (the restrained and free backbone angles, omega, the restraint
+energy; the potential energy's is recorded), with statistical inefficiencies that also see slow
+components under a fast oscillation (block averages). Every saved sample then gets its unbiased
+weight, w_n proportional to 1 / sum_k N_k exp(f_k - u_k(x_n)) with N_k the number of samples window k
+saved (the mixture they were drawn from, not the decorrelated count), which yields the free-energy profile, dF(phi > 0 vs phi < 0),
 basin populations, and weighted frames that `molsample compare` can use as a reference.
 """
 from __future__ import annotations
@@ -385,6 +386,7 @@ def overlap_report(mbar) -> dict:
 
 
 RESTRAINT_TOLERANCE_KJ = 1e-6
+DECORRELATION_OBSERVABLES = ("phi", "psi", "omega", "restraint")
 
 
 def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> dict:
@@ -407,10 +409,12 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
     keep, n_k, g_k, g_obs = [], [], [], []
     offset = 0
     for d, c in zip(data, centres):
-        # decorrelate by the slowest observable of the window (restrained angles librate in 0.1 ps,
-        # free angles, peptide bonds or a window that hops across a barrier can be far slower)
+        # decorrelate by the slowest observable of the window that the estimates depend on (restrained
+        # angles librate in 0.1 ps; free angles, peptide bonds or a window that hops across a barrier can be
+        # far slower). The potential energy's g is recorded but not used: it relaxes with the thermostat
+        # (1 / friction), and neither the reduced potentials u_k(x) nor the basins depend on it
         gs = window_inefficiencies(d, c, names, kap)
-        g = max(gs.values())
+        g = max(v for o, v in gs.items() if o in DECORRELATION_OBSERVABLES)
         from pymbar import timeseries
         idx = np.asarray(timeseries.subsample_correlated_data(d["phi"], g=g)) + offset
         keep.append(idx)
@@ -462,7 +466,7 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
     win = {"restrained": names, "kappa": kap, "centres_rad": centres.tolist(), "n_decorrelated": [int(n) for n in n_k],
            "g": [float(g) for g in g_k], "g_by_observable": {o: [float(gs.get(o, math.nan)) for gs in g_obs]
                                                              for o in g_obs[0]},
-           "slowest_observable": [max(gs, key=gs.get) for gs in g_obs],
+           "slowest_observable": [max((o for o in gs if o in DECORRELATION_OBSERVABLES), key=gs.get) for gs in g_obs],
            "mean_offset_deg": offsets.round(2).tolist(), "max_abs_offset_deg": float(np.abs(offsets).max()),
            "f_k": f_k.tolist()}
     if all("omega" in d for d in data):

@@ -53,6 +53,16 @@ def test_tiny_umbrella_run_on_aldp(tmp_path):
         run_umbrella(UmbrellaSettings(windows=4, kappa=2000.0, ns_per_window=0.004, equilibration_ps=1.0,
                                       sample_every=20, frame_every=200), tmp_path / "v.npz", workers=2)
     assert saved["settings"]["windows"] == 4 and saved["cpu_seconds_windows"] > 0
+    # two chains through neighbouring windows: each chain's first window is steered from the minimised
+    # structure, every later one starts from the end of the window before it in its chain
+    assert sorted(sum(meta["chains"], [])) == [0, 1, 2, 3] and len(meta["chains"]) == 2
+    for chain in meta["chains"]:
+        assert meta["starts"][chain[0]]["from_window"] == -1
+        assert [meta["starts"][k]["from_window"] for k in chain[1:]] == chain[:-1]
+    win = meta["estimates"]["windows"]
+    assert win["n_windows_cis_or_flipped"] == 0 and set(win["g_by_observable"]) == {"phi", "psi", "omega", "restraint",
+                                                                                      "energy"}
+    assert all(g >= 1 for g in win["g"])
 
 
 def test_mbar_on_a_2d_grid_of_windows(tmp_path):
@@ -248,3 +258,28 @@ def test_sample_weights_stay_unbiased_when_windows_decorrelate_differently(tmp_p
         exact = np.exp(-u)[(grid >= lo) & (grid < hi)].sum() / np.exp(-u).sum()
         got = w[(phi >= lo) & (phi < hi)].sum()
         assert abs(got - exact) < 0.1 * exact + 0.002, (lo, hi, got, exact)
+
+
+def test_decorrelation_follows_the_slowest_observable_the_estimates_depend_on(tmp_path):
+    # window 2's peptide-bond torsion creeps slowly (g ~ 50): MBAR must keep only ~N/g of that window; a slowly
+    # varying potential energy alone (window 4) is recorded but does not thin a window
+    kt, kappa, n_win, n = 2.5, 20.0, 6, 3000
+    s = UmbrellaSettings(windows=n_win, kappa=kappa)
+    rng = np.random.default_rng(4)
+    files = []
+    for k, c in enumerate(window_centres(n_win)):
+        th = np.angle(np.exp(1j * (c + rng.normal(0, 0.35, n))))
+        om = np.pi + rng.normal(0, 0.1, (n, 2))
+        en = rng.normal(0, 1, n)
+        if k == 2:
+            om[:, 0] = np.pi + 0.3 * np.sin(np.repeat(rng.normal(size=n // 50), 50))
+        if k == 4:
+            en = np.repeat(rng.normal(size=n // 50), 50)
+        np.savez(tmp_path / f"w{k}.npz", centre=[c], phi=th, psi=rng.uniform(-3, 3, n), omega=om, energy=en,
+                 chirality_flipped=np.zeros((n, 1), bool))
+        files.append(str(tmp_path / f"w{k}.npz"))
+    res, *_ = mbar_analysis(s, files, kt)
+    w = res["windows"]
+    assert w["slowest_observable"][2] == "omega" and w["n_decorrelated"][2] < n / 20
+    assert w["g_by_observable"]["energy"][4] > 20 and w["n_decorrelated"][4] > n / 3
+    assert max(w["g"][k] for k in (0, 1, 3, 5)) < 3
