@@ -261,9 +261,12 @@ def _cmd_md(args) -> int:
 def _cmd_umbrella(args) -> int:
     from .umbrella import UmbrellaSettings, run_umbrella
 
-    settings = UmbrellaSettings(system=args.system, dihedral=args.dihedral, windows=args.windows, kappa=args.kappa,
+    settings = UmbrellaSettings(system=args.system, dihedral=args.dihedral,
+                                windows=_per_angle_arg(args.windows, "--windows", int),
+                                kappa=_per_angle_arg(args.kappa, "--kappa", float),
                                 ns_per_window=args.ns_per_window, equilibration_ps=args.equilibration,
-                                temperature=args.temperature, platform=args.platform, seed=args.seed)
+                                steer_ps=args.steer, temperature=args.temperature, platform=args.platform,
+                                seed=args.seed)
     from .io import check_output
     from .runtime import check_platform
 
@@ -280,6 +283,13 @@ def _cmd_umbrella(args) -> int:
     print(f"dF(phi > 0 vs phi < 0) = {d['value']:.3f} +- {d['stderr']:.3f} kT")
     for name, v in est["basins"].items():
         print(f"p({name}) = {v['value']:.4f} +- {v['stderr']:.4f}")
+    ov, win = est["overlap"], est["windows"]
+    print(f"MBAR overlap {ov['scalar']:.4f} (smallest eigenvalue {ov['smallest_eigenvalue']:.2e}; weakest window "
+          f"{ov['weakest_window']} overlaps {ov['weakest']:.3f} with its best neighbour); largest window g "
+          f"{max(win['g']):.1f} samples; largest mean offset from a centre {win['max_abs_offset_deg']:.1f} deg")
+    if win.get("n_windows_cis_or_flipped"):
+        print(f"WARNING: {win['n_windows_cis_or_flipped']} window(s) visited a cis peptide bond or flipped the "
+              "chirality at CA; see windows.cis_fraction / chirality_flipped_fraction in the JSON")
     return 0
 
 
@@ -321,6 +331,15 @@ def _cmd_pt(args) -> int:
         for name, v in est["basins"].items():
             print(f"p({name}) = {v['value']:.4f} +- {v['stderr']:.4f}")
     return 0
+
+
+def _per_angle_arg(text: str, flag: str, cast):
+    """'36' or '30,18' (one value per restrained angle) -> a number or a tuple."""
+    try:
+        vals = [cast(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} takes a number or comma-separated numbers (one per restrained angle), got {text!r}")
+    return vals[0] if len(vals) == 1 else tuple(vals)
 
 
 def _cmd_compare(args) -> int:
@@ -514,10 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("system")
     p.add_argument("--dihedral", choices=("phi", "psi", "phi+psi"), default="phi",
                    help="restrained angle(s); phi+psi is a 2D grid of windows x windows")
-    p.add_argument("--windows", type=positive_int, default=36, help="windows per restrained angle")
-    p.add_argument("--kappa", type=positive_float, default=200.0, help="restraint constant, kJ/mol/rad^2")
+    p.add_argument("--windows", default="36",
+                   help="windows per restrained angle; for phi+psi one number or two (e.g. 30,18)")
+    p.add_argument("--kappa", default="200", help="restraint constant, kJ/mol/rad^2; one number or one per angle")
     p.add_argument("--ns-per-window", type=positive_float, default=0.5)
-    p.add_argument("--equilibration", type=nonnegative_float, default=50.0, help="ps per window before sampling")
+    p.add_argument("--equilibration", type=nonnegative_float, default=50.0,
+                   help="ps per window before sampling (from the previous window's end)")
+    p.add_argument("--steer", type=nonnegative_float, default=20.0,
+                   help="ps to move the restraint from the minimised structure to each chain's first window")
     p.add_argument("--temperature", type=positive_float)
     p.add_argument("--platform", default="Reference")
     p.add_argument("--seed", type=int, default=0)
