@@ -32,7 +32,7 @@ import torch
 
 from molsample.analysis.basins import BASINS, basin_indicators
 from molsample.coords import InternalCoordinates
-from molsample.coords.base import StructuredBase
+from molsample.coords.base import StructuredBase, plain_proposal
 from molsample.coords.target import InternalCoordinateTarget, Whitening
 from molsample.data import load_frames
 from molsample.estimate import delta_f, ess, snis
@@ -40,17 +40,20 @@ from molsample.targets import load_target
 
 
 def plain(ic: InternalCoordinates, whitening: Whitening):
-    """N(mean, std) on bonds and angles, uniform torsions: (sample(n, gen), log_prob)."""
-    mask = ic.torsion_mask
-    mean, std = torch.as_tensor(whitening.mean), torch.as_tensor(whitening.std)
+    """N(mean, std) on bonds and angles, uniform torsions: sample(n, gen) -> (y, log q)."""
+    return plain_proposal(ic, whitening.mean, whitening.std)
 
-    def sample(n, gen):
-        eps = torch.randn(n, ic.dim, generator=gen, dtype=torch.float64)
-        tors = (torch.rand(n, ic.dim, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
-        y = torch.where(mask, tors, mean + std * eps)
-        lin = -0.5 * eps[:, ~mask] ** 2 - torch.log(std[~mask]) - 0.5 * math.log(2 * math.pi)
-        return y, lin.sum(1) - int(mask.sum()) * math.log(2 * math.pi)
-    return sample
+
+def setup(system: str, frames: list[str]):
+    """(Cartesian target, internal coordinates, internal-coordinate target, frames, their log weights,
+    structured base fitted to them, CPU-s of the fit) for ``system``."""
+    cart = load_target(system)
+    ic = InternalCoordinates(cart.topology)
+    target = InternalCoordinateTarget(cart, ic=ic)
+    x, log_w = mixed_frames(frames, cart)
+    t0 = time.process_time()
+    base = StructuredBase.fit(ic, x, log_w, cart.topology)
+    return cart, ic, target, x, log_w, base, time.process_time() - t0
 
 
 def evaluate(name, sample, target: InternalCoordinateTarget, n: int, seed: int, chunk: int = 4096) -> dict:
@@ -107,13 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cart = load_target(args.system)
-    ic = InternalCoordinates(cart.topology)
-    target = InternalCoordinateTarget(cart, ic=ic)
-    x, log_w = mixed_frames(args.frames, cart)
-    t0 = time.process_time()
-    base = StructuredBase.fit(ic, x, log_w, cart.topology)
-    fit_cpu = time.process_time() - t0
+    cart, ic, target, x, log_w, base, fit_cpu = setup(args.system, args.frames)
     proposals = {"plain-frames": plain(ic, Whitening.from_frames(ic, x, log_w)),
                  "plain-forcefield": plain(ic, Whitening.from_forcefield(ic, cart)),
                  "structured": lambda n, gen: base.sample(n, gen)}

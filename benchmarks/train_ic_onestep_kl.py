@@ -11,13 +11,9 @@ import time
 
 import torch
 
-from molsample.coords import InternalCoordinates
-from molsample.coords.base import StructuredBase
+from bench_ic_base import setup        # benchmarks/ is on the path when this script runs
 from molsample.coords.flow import LipschitzResidualMap, OneStepSampler
-from molsample.coords.target import InternalCoordinateTarget
-from molsample.data import load_frames
 from molsample.estimate import ess
-from molsample.targets import load_target
 
 
 def main(argv=None) -> int:
@@ -31,11 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=100)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cart = load_target(args.system)
-    ic = InternalCoordinates(cart.topology)
-    target = InternalCoordinateTarget(cart, ic=ic)
-    x, lw = load_frames(args.frames, cart)
-    base = StructuredBase.fit(ic, x, lw, cart.topology)
+    _, _, target, _, _, base, _ = setup(args.system, [args.frames])
     flow = LipschitzResidualMap(len(base.soft), base.n_linear, hidden=args.hidden,
                                 generator=torch.Generator().manual_seed(0))
     sampler = OneStepSampler(base, target, flow)

@@ -36,9 +36,10 @@ def open_npz(path: str | Path) -> dict[str, np.ndarray]:
     Raises :class:`InputError` naming the file when it is not a readable archive."""
     path = _existing_file(Path(path), ".npz file")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise InputError(f"{path}: a single .npy array, expected an .npz archive")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):            # a bare .npy array under an .npz name
+            raise InputError(f"{path}: a single .npy array, expected an .npz archive")
+        with data:
             return {k: data[k] for k in data.files}
     except InputError:
         raise

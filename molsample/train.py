@@ -136,10 +136,7 @@ class Trainer:
         if target < done:
             raise InputError(f"--iterations {target}: the run in {self.out} has already done {done} iterations; "
                              "give a larger number or leave --iterations out to continue to its own target")
-        if target != self.cfg.iterations:
-            from dataclasses import replace
-            self.exp.config = replace(self.exp.config, train=replace(self.cfg, iterations=target))
-            self.cfg = self.exp.config.train
+        self._set_iterations(target)
         self.exp.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.opt.load_state_dict(ckpt["optimizer"])
@@ -339,6 +336,13 @@ class Trainer:
                f"bad_det_{steps}": s.n_nonpositive_det}
         return out
 
+    def _set_iterations(self, iterations: int) -> None:
+        """Train to ``iterations`` (the config, and so the checkpoint, records the new target)."""
+        if iterations != self.cfg.iterations:
+            from dataclasses import replace
+            self.exp.config = replace(self.exp.config, train=replace(self.cfg, iterations=iterations))
+            self.cfg = self.exp.config.train
+
     def run(self, resume: bool = False, iterations: int | None = None) -> TrainState:
         """Train to the target (``iterations`` if given, else the config's; on ``resume``, the
         checkpoint's own target unless ``iterations`` is given). Ctrl-C or SIGTERM stops after the
@@ -352,17 +356,15 @@ class Trainer:
             pass
         elif resume is False and (self.out / CHECKPOINT).is_file():
             raise FileExistsError(f"{self.out / CHECKPOINT} exists; pass --resume to continue or choose another --out")
-        elif iterations is not None and iterations != self.cfg.iterations:
-            from dataclasses import replace
-            self.exp.config = replace(self.exp.config, train=replace(self.cfg, iterations=iterations))
-            self.cfg = self.exp.config.train
+        elif iterations is not None:
+            self._set_iterations(iterations)
         config_json = self.out / "config.json"
         config_json.with_name("config.json.tmp").write_text(json.dumps(self.exp.config.to_dict(), indent=2))
         os.replace(config_json.with_name("config.json.tmp"), config_json)
         from tqdm import tqdm
         total = self.cfg.iterations
-        bar = self._bar = tqdm(total=total, initial=self.state.iteration, disable=not self.progress,
-                               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        bar = tqdm(total=total, initial=self.state.iteration, disable=not self.progress,
+                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         log = open(self.out / "log.jsonl", "a")
         last = {}
         try:
@@ -373,15 +375,14 @@ class Trainer:
                         log.flush()
                         raise Interrupted(f"interrupted at iteration {self.state.iteration} of {total}; checkpoint "
                                           f"{self.out / CHECKPOINT} written; continue with --resume")
-                    self._iteration(total, log, last)
+                    self._iteration(total, log, last, bar)
         finally:
             bar.close()
             log.close()
         return self.state
 
-    def _iteration(self, total: int, log, last: dict) -> None:
+    def _iteration(self, total: int, log, last: dict, bar) -> None:
         """One training iteration with its evaluation, log line, checkpoint and progress update."""
-        bar = self._bar
         c0 = time.process_time()
         logs = self.step()
         it = self.state.iteration

@@ -252,7 +252,7 @@ def _empty_h5(path, topology):
 
 
 @pytest.mark.parametrize("kind", ["empty-npz", "garbage-pdb", "truncated-pdb", "not-zip-npz", "pickled-npz",
-                                  "empty-h5", "garbage-dcd"])
+                                  "npy-as-npz", "empty-h5", "garbage-dcd"])
 def test_energy_of_an_unreadable_file(capsys, tmp_path, kind):
     target = load_target("aldp")
     if kind == "empty-npz":
@@ -278,6 +278,11 @@ def test_energy_of_an_unreadable_file(capsys, tmp_path, kind):
         path = tmp_path / "p.npz"
         np.savez(path, xyz=np.array([{"a": 1}], dtype=object))
         words = ("unpickling",)
+    elif kind == "npy-as-npz":
+        path = tmp_path / "a.npz"
+        with open(path, "wb") as f:
+            np.save(f, np.zeros((1, 22, 3)))
+        words = ("a single .npy array",)
     elif kind == "empty-h5":
         path = _empty_h5(tmp_path / "e.h5", target.topology)
         words = ()

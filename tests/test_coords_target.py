@@ -10,7 +10,7 @@ import torch
 
 from molsample.analysis.ensembles import chirality_signs
 from molsample.coords import InternalCoordinates
-from molsample.coords.base import StructuredBase, TorusHistogram
+from molsample.coords.base import StructuredBase, TorusHistogram, plain_proposal
 from molsample.coords.target import InternalCoordinateTarget, Whitening, wrap
 from molsample.data import load_frames
 from molsample.estimate import ess
@@ -133,12 +133,6 @@ def test_structured_base_beats_uniform_torsions_by_orders_of_magnitude(aldp):
     y, log_q = base.sample(2000, gen)
     e_structured = ess(target.log_weights(y, log_q).numpy(), n_boot=0).value
     wh = Whitening.from_frames(ic, x, lw)
-    mask = ic.torsion_mask
-    eps = torch.randn(2000, ic.dim, generator=gen, dtype=torch.float64)
-    tors = (torch.rand(2000, ic.dim, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
-    mean, std = torch.as_tensor(wh.mean), torch.as_tensor(wh.std)
-    y_plain = torch.where(mask, tors, mean + std * eps)
-    log_q_plain = (-0.5 * eps[:, ~mask] ** 2 - torch.log(std[~mask]) - 0.5 * math.log(2 * math.pi)).sum(1) \
-        - int(mask.sum()) * math.log(2 * math.pi)
+    y_plain, log_q_plain = plain_proposal(ic, wh.mean, wh.std)(2000, gen)
     e_plain = ess(target.log_weights(y_plain, log_q_plain).numpy(), n_boot=0).value
     assert e_structured > 0.05 and e_structured > 20 * e_plain

@@ -9,19 +9,29 @@ from molsample.analysis.basins import basin_indicators
 from molsample.umbrella import UmbrellaSettings, bias_energy, mbar_analysis, run_umbrella, window_centres
 
 
-def test_mbar_recovers_a_known_dihedral_distribution(tmp_path):
-    # U(theta)/kT = 3 cos(theta) + 0.8 sin(theta) on the circle; sample each window's biased density exactly
+def _exact_windows(tmp_path, seed: int, size: int, stuck=range(0)):
+    """12 windows (kappa 20 kJ/mol/rad^2, kT 2.5 kJ/mol) on U(theta)/kT = 3 cos(theta) + 0.8 sin(theta),
+    each sampled exactly from its biased density; windows in ``stuck`` hold each of their first
+    size / 25 draws 25 times in a row. Returns (settings, kT, grid, u on the grid, window files)."""
     kt, kappa, n_win = 2.5, 20.0, 12
     s = UmbrellaSettings(windows=n_win, kappa=kappa)
     grid = np.linspace(-math.pi, math.pi, 20001)[:-1]
     u = 3 * np.cos(grid) + 0.8 * np.sin(grid)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     files = []
     for k, c in enumerate(window_centres(n_win)):
         p = np.exp(-u - bias_energy(grid, c, kappa) / kt)
-        th = rng.choice(grid, size=4000, p=p / p.sum())
+        th = rng.choice(grid, size=size, p=p / p.sum())
+        if k in stuck:
+            th = np.repeat(th[: size // 25], 25)
         np.savez(tmp_path / f"w{k}.npz", centre=[c], phi=th, psi=rng.uniform(-math.pi, math.pi, th.size))
         files.append(str(tmp_path / f"w{k}.npz"))
+    return s, kt, grid, u, files
+
+
+def test_mbar_recovers_a_known_dihedral_distribution(tmp_path):
+    # U(theta)/kT = 3 cos(theta) + 0.8 sin(theta) on the circle; sample each window's biased density exactly
+    s, kt, grid, u, files = _exact_windows(tmp_path, seed=0, size=4000)
     res, log_w, phi, _ = mbar_analysis(s, files, kt)
     exact_p = np.exp(-u)[grid > 0].sum() / np.exp(-u).sum()
     exact_df = -math.log(exact_p / (1 - exact_p))
@@ -241,19 +251,7 @@ def test_sample_weights_stay_unbiased_when_windows_decorrelate_differently(tmp_p
     # as in a grid with a few stuck barrier windows: windows 4-7 hold each draw 25 times in a row (g ~ 25),
     # so MBAR keeps ~25x fewer of their samples; the weights of *all* samples must still describe the
     # unbiased density, which needs every window's full sample count in the mixture, not its kept count
-    kt, kappa, n_win = 2.5, 20.0, 12
-    s = UmbrellaSettings(windows=n_win, kappa=kappa)
-    grid = np.linspace(-math.pi, math.pi, 20001)[:-1]
-    u = 3 * np.cos(grid) + 0.8 * np.sin(grid)
-    rng = np.random.default_rng(5)
-    files = []
-    for k, c in enumerate(window_centres(n_win)):
-        p = np.exp(-u - bias_energy(grid, c, kappa) / kt)
-        th = rng.choice(grid, size=20000, p=p / p.sum())
-        if 4 <= k < 8:
-            th = np.repeat(th[:800], 25)
-        np.savez(tmp_path / f"w{k}.npz", centre=[c], phi=th, psi=rng.uniform(-math.pi, math.pi, th.size))
-        files.append(str(tmp_path / f"w{k}.npz"))
+    s, kt, grid, u, files = _exact_windows(tmp_path, seed=5, size=20000, stuck=range(4, 8))
     res, log_w, phi, _ = mbar_analysis(s, files, kt)
     g = np.array(res["windows"]["g"])
     assert g[4:8].min() > 10 and np.median(np.r_[g[:4], g[8:]]) < 2

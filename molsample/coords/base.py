@@ -88,6 +88,29 @@ def wrap_np(a: np.ndarray) -> np.ndarray:
     return np.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
+def shear_torsions(tors: torch.Tensor, lead: torch.Tensor, sign: int) -> torch.Tensor:
+    """Leads unchanged, every other torsion shifted by ``sign`` times its lead's value (wrapped):
+    sign -1 gives offsets from the leads, +1 undoes it. A shear of the torus, |det| = 1."""
+    lead = lead.to(tors.device)
+    is_lead = lead == torch.arange(len(lead), device=tors.device)
+    return torch.where(is_lead, tors, wrap(tors + sign * tors[:, lead]))
+
+
+def plain_proposal(ic: InternalCoordinates, mean: np.ndarray, std: np.ndarray):
+    """The baseline proposal: bonds and angles N(mean, std), every torsion Uniform[-pi, pi).
+    Returns sample(n, generator) -> (y (n, 3N - 6), log density (n,))."""
+    mask = ic.torsion_mask
+    mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+
+    def sample(n: int, generator: torch.Generator):
+        eps = torch.randn(n, ic.dim, generator=generator, dtype=torch.float64)
+        tors = (torch.rand(n, ic.dim, generator=generator, dtype=torch.float64) * 2 - 1) * math.pi
+        y = torch.where(mask, tors, mean + std * eps)
+        log_p = _std_normal_log_prob(eps[:, ~mask]) - torch.log(std[~mask]).sum()
+        return y, log_p - int(mask.sum()) * math.log(2 * math.pi)
+    return sample
+
+
 def fourier_features(s: torch.Tensor, pairs: list[tuple[int, int]], order: int) -> torch.Tensor:
     """[1, cos(k s_j), sin(k s_j) (k <= order), and cos/sin(s_a +- s_b) for each pair], (B, F)."""
     cols = [torch.ones(s.shape[0], 1, dtype=s.dtype, device=s.device)]
@@ -123,14 +146,10 @@ class StructuredBase:
     # ------------------------------------------------------------------ the rearrangement
     def relative_torsions(self, tors: torch.Tensor) -> torch.Tensor:
         """Torsions (B, n_t) -> leads unchanged, the others as offsets from their lead."""
-        lead = self.lead.to(tors.device)
-        is_lead = lead == torch.arange(len(lead), device=tors.device)
-        return torch.where(is_lead, tors, wrap(tors - tors[:, lead]))
+        return shear_torsions(tors, self.lead, -1)
 
     def absolute_torsions(self, rel: torch.Tensor) -> torch.Tensor:
-        lead = self.lead.to(rel.device)
-        is_lead = lead == torch.arange(len(lead), device=rel.device)
-        return torch.where(is_lead, rel, wrap(rel + rel[:, lead]))
+        return shear_torsions(rel, self.lead, +1)
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Internal coordinates y (B, 3N - 6) -> (s (B, k), h (B, m))."""
@@ -167,17 +186,28 @@ class StructuredBase:
     def _mean(self, s: torch.Tensor) -> torch.Tensor:
         return fourier_features(s, self.pairs, self.order) @ self.coef.to(s)
 
-    def sample(self, n: int, generator: torch.Generator, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-        """n draws: (y (n, 3N - 6), log p(y) (n,)); stiff torsions outside their window get log p = -inf."""
-        k = len(self.soft)
-        s = torch.zeros(n, k, dtype=torch.float64)
+    def sample_latent(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n draws of the latent z = (s, eps), (n, k + m) float64, and their log density (n,)."""
+        s = torch.zeros(n, len(self.soft), dtype=torch.float64)
         for group, hist in zip(self.groups, self.histograms):
             s[:, list(group)] = hist.sample(n, generator)
         eps = torch.randn(n, self.n_linear, generator=generator, dtype=torch.float64)
-        h = self._mean(s) + eps @ self.chol.T
-        log_p = self._soft_log_prob(s) + _std_normal_log_prob(eps) - self.log_det_chol
-        log_p = torch.where(self.unwrapped_in_window(h), log_p, torch.full_like(log_p, -math.inf))
-        return self.join(s, h).to(dtype), log_p.to(dtype)
+        return torch.cat([s, eps], dim=1), self._soft_log_prob(s) + _std_normal_log_prob(eps)
+
+    def from_latent(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent z = (s, eps) -> (internal coordinates y, (B,) bool: every stiff torsion within its
+        window). The map has the constant log|det| = log det L (:attr:`log_det_chol`)."""
+        k = len(self.soft)
+        s, eps = z[:, :k], z[:, k:]
+        h = self._mean(s) + eps @ self.chol.to(z).T
+        return self.join(s, h), self.unwrapped_in_window(h)
+
+    def sample(self, n: int, generator: torch.Generator, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """n draws: (y (n, 3N - 6), log p(y) (n,)); stiff torsions outside their window get log p = -inf."""
+        z, log_p = self.sample_latent(n, generator)
+        y, ok = self.from_latent(z)
+        log_p = torch.where(ok, log_p - self.log_det_chol, torch.full_like(log_p, -math.inf))
+        return y.to(dtype), log_p.to(dtype)
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """Exact log density of internal coordinates y (B, 3N - 6)."""
@@ -205,8 +235,7 @@ class StructuredBase:
                 for j, (_, a, b, c) in enumerate(quads)]
         first: dict = {}
         lead = np.array([first.setdefault(ax, j) for j, ax in enumerate(axis)])
-        tmp = cls(ic, lead, np.arange(0), np.zeros(len(lead)), [], [], np.zeros((1, 1)), np.eye(1), order, [])
-        rel = tmp.relative_torsions(y[:, ic.torsions]).numpy()
+        rel = shear_torsions(y[:, ic.torsions], torch.as_tensor(lead), -1).numpy()
         centre, spread = circular_spread(rel, w)
         soft = np.flatnonzero(spread >= stiff_below)
         # (phi, psi) pairs of each residue among the soft torsions, by the bond they turn about

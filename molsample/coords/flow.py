@@ -90,20 +90,7 @@ class OneStepSampler:
 
     def latent(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """n base draws z = (s, eps) and log p(z) (no log det L)."""
-        base = self.base
-        s = torch.zeros(n, len(base.soft), dtype=torch.float64)
-        for group, hist in zip(base.groups, base.histograms):
-            s[:, list(group)] = hist.sample(n, generator)
-        eps = torch.randn(n, base.n_linear, generator=generator, dtype=torch.float64)
-        log_p = base._soft_log_prob(s) - 0.5 * (eps ** 2).sum(1) - 0.5 * base.n_linear * math.log(2 * math.pi)
-        return torch.cat([s, eps], dim=1), log_p
-
-    def to_internal(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent z -> (internal coordinates y, in-window mask of the stiff torsions)."""
-        base, k = self.base, len(self.base.soft)
-        s, eps = z[:, :k], z[:, k:]
-        h = base._mean(s) + eps @ base.chol.to(z).T
-        return base.join(s, h), base.unwrapped_in_window(h)
+        return self.base.sample_latent(n, generator)
 
     def draw(self, n: int, generator: torch.Generator, weights=None, with_log_det: bool = True):
         """n samples: dict with y, log_q (of y), log_w, sign (of the step's det), and z0, z1."""
@@ -114,7 +101,7 @@ class OneStepSampler:
             log_det, sign = self.flow.log_det(z0, weights)
         else:
             log_det, sign = torch.zeros(n, dtype=z0.dtype), torch.ones(n, dtype=z0.dtype)
-        y, ok = self.to_internal(z1)
+        y, ok = self.base.from_latent(z1)
         log_q = log_p - log_det - self.base.log_det_chol
         log_q = torch.where(ok & (sign > 0), log_q, torch.full_like(log_q, -math.inf))
         return {"z0": z0, "z1": z1, "y": y, "log_q": log_q, "sign": sign}
