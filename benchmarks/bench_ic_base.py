@@ -30,7 +30,7 @@ import mdtraj
 import numpy as np
 import torch
 
-from molsample.analysis.basins import BASINS, basin_indicators
+from molsample.analysis.basins import BASINS, basin_indicators, phi_positive
 from molsample.coords import InternalCoordinates
 from molsample.coords.base import StructuredBase, plain_proposal
 from molsample.coords.target import InternalCoordinateTarget, Whitening
@@ -74,7 +74,7 @@ def evaluate(name, sample, target: InternalCoordinateTarget, n: int, seed: int, 
     seconds = time.perf_counter() - t0
     lw, phi, psi = np.concatenate(lw), np.concatenate(phi), np.concatenate(psi)
     rng = np.random.default_rng(seed)
-    pos = (phi > 0) & (phi < math.pi)
+    pos = phi_positive(phi)
     out = {"proposal": name, "n": n, "ess": ess(lw, rng=rng).as_dict(), "out_of_domain": ood,
            "outside_support": unsupported, "ms_per_sample": 1e3 * seconds / n,
            "p_phi_positive": snis(lw, pos.astype(float), rng=rng).as_dict(),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from molsample.analysis.basins import basin_indicators
+from molsample.analysis.basins import basin_indicators, phi_positive
 from molsample.analysis.stats import histogram_kl
 from molsample.umbrella import (UmbrellaSettings, kappas, overlap_report, restrained_angles, statistical_inefficiency,
                                 window_bias, wrap_angle)
@@ -29,7 +29,7 @@ EDGES_NEG = np.linspace(-math.pi, 0.0, 19)      # the 10-degree bins of `molsamp
 
 def neg_metrics(phi, psi, w=None) -> dict:
     w = np.ones(len(phi)) if w is None else w
-    m = phi < 0
+    m = ~phi_positive(phi)
     a = basin_indicators(phi[m], psi[m])["alpha_R"]
     return {"p_alphaR_given_neg": float((w[m] * a).sum() / w[m].sum()), "phi": phi[m], "w": w[m]}
 
@@ -37,7 +37,7 @@ def neg_metrics(phi, psi, w=None) -> dict:
 def load(path: Path):
     d = np.load(path)
     if "compact_reference" in d:
-        settings = json.loads(str(d["umbrella_settings"]))
+        settings = json.loads(str(d["settings"] if "settings" in d else d["umbrella_settings"]))
         est = json.loads(str(d["estimates"]))
         stride = int(d["stride"])
         n_per = int(round(settings["ns_per_window"] * 1e6 / settings["timestep_fs"] / settings["sample_every"]))
@@ -122,10 +122,10 @@ def main() -> None:
         u = neg_metrics(phi, psi, w)
         kl = histogram_kl(mdall["phi"], u["phi"], [EDGES_NEG], None, u["w"])
         print(f"umbrella weights with {label}: p(alpha_R | phi<0) {u['p_alphaR_given_neg']:.4f}, "
-              f"KL(phi | phi<0) vs MD {kl:.4f}, p(phi>0) {w[phi > 0].sum():.5f}")
+              f"KL(phi | phi<0) vs MD {kl:.4f}, p(phi>0) {w[phi_positive(phi)].sum():.5f}")
     if "log_w" in np.load(args.reference):
         lw = np.load(args.reference)["log_w"]
-        print(f"(the file's own log_w: p(phi>0) {np.exp(lw - np.logaddexp.reduce(lw))[phi > 0].sum():.5f})")
+        print(f"(the file's own log_w: p(phi>0) {np.exp(lw - np.logaddexp.reduce(lw))[phi_positive(phi)].sum():.5f})")
 
 
 if __name__ == "__main__":

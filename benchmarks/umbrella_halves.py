@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from molsample.analysis.basins import BASINS, basin_indicators
+from molsample.analysis.basins import BASINS, basin_indicators, phi_positive
 from molsample.analysis.compare import _md_fraction
 from molsample.analysis.stats import histogram_kl
 from molsample.umbrella import wrap_angle
@@ -46,7 +46,7 @@ def weighted_neg(path: Path):
     d = np.load(path)
     phi, psi, lw = wrap_angle(d["phi"]), wrap_angle(d["psi"]), d["log_w"]
     w = np.exp(lw - lw.max())
-    m = phi < 0
+    m = ~phi_positive(phi)
     return phi[m], psi[m], w[m]
 
 

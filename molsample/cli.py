@@ -71,7 +71,8 @@ def _cmd_systems(args) -> int:
         spec = spec_dict(path)
         rows.append({**target.describe(), "kind": spec["kind"], "file": str(path),
                      "forcefield": list(spec.get("forcefield", ())) or None,
-                     "description": spec.get("description", "")})
+                     "description": spec.get("description", ""),
+                     "reference": str(path.parent / spec["reference"]) if spec.get("reference") else None})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -83,6 +84,11 @@ def _cmd_systems(args) -> int:
         temp = f"{r['temperature']:.0f}" if r["temperature"] else "-"
         notes = " + ".join(r["forcefield"]) if r["forcefield"] else r["description"]
         print(f"{r['name']:<12} {r['kind']:<14} {atoms!s:>5} {r['dim']:>4} {r['dof']:>4} {temp:>6}  {notes}")
+    refs = [r for r in rows if r["reference"]]
+    if refs:
+        print("\nsettled references (the default of `molsample compare`):")
+        for r in refs:
+            print(f"  {r['name']:<12} {r['reference']}")
     return 0
 
 
@@ -353,8 +359,15 @@ def _cmd_compare(args) -> int:
     target = load_target(system)
     out = Path(args.out or f"compare_{Path(args.samples).stem}")
     check_output_dir(out, "--out")
+    reference = args.reference
+    if not reference:
+        from .targets.registry import default_reference
+        default = default_reference(system)
+        if default is None:
+            raise ValueError(f"system {system!r} ships no reference; give one with --reference")
+        reference = [str(default)]
     sample = load_ensemble([args.samples], target, args.label)
-    ref = load_ensemble(args.reference, target, "reference")
+    ref = load_ensemble(reference, target, "reference")
     metrics = compare(sample, ref, target)
     report = write_report(metrics, sample, ref, out)
     if args.json:
@@ -420,7 +433,7 @@ def _cmd_quickstart(args) -> int:
 
 
 def _cmd_pack(args) -> int:
-    from .analysis.reference import pack_md, pack_umbrella
+    from .analysis.reference import pack_md, pack_weighted
     from .targets import load_target
 
     from .io import check_output
@@ -431,9 +444,8 @@ def _cmd_pack(args) -> int:
     if args.kind == "md":
         out = pack_md(args.files, target, args.out, args.frames, prov)
     else:
-        if len(args.files) != 1:
-            raise ValueError("an umbrella reference is one .npz file")
-        out = pack_umbrella(args.files[0], target, args.out, args.frames, prov, args.stride)
+        out = pack_weighted("umbrella" if args.kind == "umbrella" else "replica-exchange", args.files, target,
+                            args.out, args.frames, prov, args.stride)
     print(f"wrote {out} ({Path(out).stat().st_size / 1e6:.2f} MB)")
     return 0
 
@@ -572,8 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare samples (weighted or not) with an MD or umbrella reference")
     p.add_argument("samples", help="`molsample sample` .npz, a trajectory, or an umbrella .npz")
-    p.add_argument("--reference", nargs="+", required=True,
-                   help="MD trajectories (one file per replica) or an umbrella-sampling .npz")
+    p.add_argument("--reference", nargs="+",
+                   help="MD trajectories (one file per replica), an umbrella or replica-exchange .npz, or a "
+                        "packed reference (default: the system's settled reference, see `molsample systems`)")
     p.add_argument("--system", help="system name (default: read from the samples file)")
     p.add_argument("--out", help="output directory for figures, metrics.json and report.md")
     p.add_argument("--label", help="name of the samples in the report")
@@ -611,14 +624,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_quickstart)
 
-    p = sub.add_parser("pack-reference", help="pack MD or umbrella output into a compact reference (< 5 MB)")
-    p.add_argument("kind", choices=("md", "umbrella"))
-    p.add_argument("files", nargs="+")
+    p = sub.add_parser("pack-reference", help="pack MD, umbrella or replica-exchange output into a compact "
+                                              "reference (< 5 MB)")
+    p.add_argument("kind", choices=("md", "umbrella", "pt"))
+    p.add_argument("files", nargs="+", help="md: one trajectory per replica; umbrella, pt: one .npz per "
+                                            "independent run (seed), combined by inverse-variance means")
     p.add_argument("--system", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--frames", type=positive_int, default=4000, help="conformations kept")
     p.add_argument("--provenance", help="how the inputs were produced (stored in the file)")
-    p.add_argument("--stride", type=positive_int, default=1, help="umbrella: keep every k-th sample's angles and weight")
+    p.add_argument("--stride", type=positive_int, default=1,
+                   help="umbrella, pt: keep every k-th sample's angles and weight")
     p.set_defaults(func=_cmd_pack)
 
     p = sub.add_parser("estimate", help="log Z, ELBO and ESS with errors from a samples file")

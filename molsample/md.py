@@ -237,6 +237,7 @@ def replica_statistics(path: Path, topology, frame_ps: float) -> dict:
     the phi > 0 indicator (the slow observable of alanine dipeptide)."""
     import mdtraj
 
+    from .analysis.basins import phi_positive
     from .analysis.timeseries import backbone_dihedrals, inefficiency_report
     energy = np.load(path.with_suffix(".energies.npz"))["energy_kj_per_mol"]
     out = {"energy": inefficiency_report(energy, frame_ps)}
@@ -246,7 +247,7 @@ def replica_statistics(path: Path, topology, frame_ps: float) -> dict:
             out["sin_phi"] = inefficiency_report(np.sin(dih["phi"]), frame_ps)
             out["cos_psi"] = inefficiency_report(np.cos(dih["psi"]), frame_ps)
         if "phi" in dih:
-            ind = (dih["phi"] > 0).astype(float)
+            ind = phi_positive(dih["phi"]).astype(float)
             out["phi_positive"] = {**inefficiency_report(ind, frame_ps), "fraction": float(ind.mean())}
     return out
 

@@ -2,8 +2,9 @@
 
 Loads a shipped one-step checkpoint, draws conformations with ONE network evaluation each,
 computes exact importance weights for as many as the time budget allows (never fewer than
-``min_weights``), and compares against the shipped references: the MD reference for the
-dihedral distributions and the umbrella-sampling reference for dF(phi > 0 vs phi < 0).
+``min_weights``), and compares against the shipped references: plain MD for the dihedral distributions where MD is
+converged (phi < 0), and the system's settled reference (its ``reference`` key: the 2D umbrella
+grid, checked against replica exchange) for the whole (phi, psi) plane and dF(phi > 0 vs phi < 0).
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from .flow import pf_step
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "systems" / "aldp" / "models" / "aldp-onestep.pt"
 MD_REFERENCE = ROOT / "systems" / "aldp" / "reference" / "aldp_md_2x50ns.npz"
-UMBRELLA_REFERENCE = ROOT / "systems" / "aldp" / "reference" / "aldp_umbrella_2d_12x12.npz"
 
 
 @dataclass
@@ -115,7 +115,8 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
     np.savez_compressed(out / "raw_all.npz", xyz=x.float().cpu().numpy())
     sample = load_ensemble([samples], exp.target, "one-step sampler")
     sections = []
-    for name, ref_path in (("vs_md", MD_REFERENCE), ("vs_umbrella", UMBRELLA_REFERENCE)):
+    from .targets.registry import default_reference
+    for name, ref_path in (("vs_md", MD_REFERENCE), ("vs_reference", default_reference(exp.target.name))):
         ref = load_ensemble([ref_path], exp.target, f"{name[3:]} reference")
         metrics = compare(sample, ref, exp.target)
         rep = write_report(metrics, sample, ref, out / name)

@@ -573,7 +573,7 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
     """Estimates of a finished or partial run (its newest snapshot); returns (estimates, arrays)."""
     import mdtraj
 
-    from .analysis.basins import BASINS, basin_indicators
+    from .analysis.basins import BASINS, basin_indicators, phi_positive
     from .analysis.timeseries import backbone_dihedrals, inefficiency_report
     data = read_storage(work)
     temps, energy = data["temperatures"], data["energy_kj_per_mol"]
@@ -604,7 +604,7 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
     if "phi" in dih:
         phi, psi = dih["phi"], dih["psi"]
         arrays.update(phi=phi.astype(np.float32), psi=psi.astype(np.float32))
-        pos = (phi > 0) & (phi < math.pi)
+        pos = phi_positive(phi)
         observables["p_phi_positive"] = pos
         ind = basin_indicators(phi, psi)
         for name in BASINS:

@@ -370,7 +370,8 @@ def _expect(mbar, a: np.ndarray) -> tuple[float, float]:
     a = np.asarray(a, dtype=float)
     if np.ptp(a) == 0:
         return float(a[0]), 0.0
-    e = mbar.compute_expectations(a, u_kn=np.zeros((1, len(a))))
+    with np.errstate(divide="ignore"):              # pymbar takes log(0) of an indicator's zeros; expected
+        e = mbar.compute_expectations(a, u_kn=np.zeros((1, len(a))))
     return float(e["mu"][0]), float(e["sigma"][0])
 
 
@@ -393,7 +394,7 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
     """MBAR over windows; returns estimates and per-sample unbiased log weights."""
     from pymbar import MBAR
 
-    from .analysis.basins import BASINS, basin_indicators
+    from .analysis.basins import BASINS, basin_indicators, phi_positive
     data = [dict(np.load(f)) for f in files]
     names = restrained_angles(settings)
     kap = kappas(settings)
@@ -442,7 +443,7 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
     phi, psi = angles_all["phi"], angles_all["psi"]
     ind = basin_indicators(phi[keep], psi[keep])
     res = {}
-    p, dp = _expect(mbar, phi[keep] > 0)
+    p, dp = _expect(mbar, phi_positive(phi[keep]))
     res["p_phi_positive"] = {"value": p, "stderr": dp}
     with np.errstate(divide="ignore"):
         df = -math.log(p / (1 - p)) if 0 < p < 1 else (math.inf if p == 0 else -math.inf)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..estimate import ess as kish_ess
-from .basins import BASINS, basin_indicators
+from .basins import BASINS, STATE_DEFINITIONS, basin_indicators, phi_positive
 from .ensembles import Ensemble, reduced_energies
 from .stats import histogram_kl, torus_w2, wasserstein_1d
 from .stats import weights_from_log as _weights
@@ -21,15 +21,34 @@ from .stats import weights_from_log as _weights
 ANGLE_BINS = 36                     # 10-degree bins on [-pi, pi) for every KL
 
 
-def _md_fraction(indicator: np.ndarray, segments: list[int]) -> tuple[float, float]:
-    """Mean of an indicator over MD replicas, with the error from each replica's statistical inefficiency."""
+MIN_INDEPENDENT_IN_STATE = 50      # below this an MD population gets no estimate ("not sampled")
+
+
+def _segment_inefficiencies(indicator: np.ndarray, segments: list[int]):
     from pymbar import timeseries
-    p = float(indicator.mean())
-    n_eff = 0.0
     for seg in np.split(indicator.astype(float), np.cumsum(segments)[:-1]):
         g = timeseries.statistical_inefficiency(seg) if np.ptp(seg) > 0 else float(len(seg))
-        n_eff += len(seg) / g
+        yield seg, g
+
+
+def _md_fraction(indicator: np.ndarray, segments: list[int]) -> tuple[float, float]:
+    """Mean of an indicator over MD replicas, with the error from each replica's statistical inefficiency."""
+    p = float(indicator.mean())
+    n_eff = sum(len(seg) / g for seg, g in _segment_inefficiencies(indicator, segments))
     return p, math.sqrt(max(p * (1 - p), 0.0) / max(n_eff, 1.0))
+
+
+def md_independent_in_state(indicator: np.ndarray, segments: list[int]) -> float:
+    """Independent MD samples inside the rarer side of an indicator: sum over replicas of (frames there) / g.
+
+    A population that plain MD reaches only through a handful of independent visits has no meaningful
+    error bar (the run cannot tell how much of the state it never entered), so `compare` reports such a
+    state as not sampled instead of a number."""
+    total = 0.0
+    for seg, g in _segment_inefficiencies(indicator, segments):
+        inside = float(seg.sum())
+        total += min(inside, len(seg) - inside) / g
+    return total
 
 
 def _weighted_fraction(indicator, log_w, n_boot=200, seed=0) -> tuple[float, float]:
@@ -60,6 +79,36 @@ def delta_f_from_fraction(p: float, dp: float) -> dict:
     return {"value": -math.log(p / (1 - p)), "stderr": dp / (p * (1 - p))}
 
 
+def _not_sampled(n_independent: float) -> dict:
+    return {"value": None, "stderr": None, "sampled": False,
+            "note": f"not sampled: about {n_independent:.0f} independent MD samples in the state "
+                    f"(fewer than {MIN_INDEPENDENT_IN_STATE}); plain MD of this length cannot estimate it"}
+
+
+def state_estimates(ens: Ensemble, use_weights: bool = True) -> dict:
+    """Basin populations, p(phi > 0) and dF(phi > 0 vs phi < 0) of an ensemble with angles, with errors.
+
+    For MD, a state with fewer than MIN_INDEPENDENT_IN_STATE independent samples is reported as not
+    sampled (value None) rather than as a population with an error bar."""
+    def estimate(indicator):
+        p, dp = fraction(ens, indicator, use_weights)
+        if ens.correlated:
+            n_in = md_independent_in_state(indicator, ens.segments)
+            if n_in < MIN_INDEPENDENT_IN_STATE:
+                return p, dp, _not_sampled(n_in)
+        return p, dp, None
+
+    ind = basin_indicators(ens.phi, ens.psi)
+    out = {"basins": {}}
+    for name in BASINS:
+        p, dp, missing = estimate(ind[name])
+        out["basins"][name] = missing or {"value": p, "stderr": dp}
+    p, dp, missing = estimate(phi_positive(ens.phi))
+    out["p_phi_positive"] = missing or {"value": p, "stderr": dp}
+    out["dF_phi_positive_minus_negative_kT"] = missing or delta_f_from_fraction(p, dp)
+    return out
+
+
 def _angle_weights(ens: Ensemble, use_weights: bool):
     if not use_weights:
         return None
@@ -77,28 +126,16 @@ def peptide_metrics(sample: Ensemble, ref: Ensemble, use_weights: bool) -> dict:
                                       [edges, edges], wr, ws),
            "w2_torus_phi_psi": torus_w2(np.stack([ref.phi, ref.psi], 1), np.stack([sample.phi, sample.psi], 1),
                                         wr, ws)}
-    ind = basin_indicators(sample.phi, sample.psi)
-    out["basins"] = {}
-    for name in BASINS:
-        p, dp = fraction(sample, ind[name], use_weights)
-        out["basins"][name] = {"value": p, "stderr": dp}
-    p, dp = fraction(sample, sample.phi > 0, use_weights)
-    out["p_phi_positive"] = {"value": p, "stderr": dp}
-    out["dF_phi_positive_minus_negative_kT"] = delta_f_from_fraction(p, dp)
+    out.update(state_estimates(sample, use_weights))
     return out
 
 
 def reference_peptide_estimates(ref: Ensemble) -> dict:
-    if ref.kind == "umbrella" and ref.external:
+    if ref.external and "dF_phi_positive_minus_negative_kT" in ref.external:      # MBAR estimates of the full run
         e = ref.external
         return {"basins": e["basins"], "p_phi_positive": e["p_phi_positive"],
                 "dF_phi_positive_minus_negative_kT": e["dF_phi_positive_minus_negative_kT"]}
-    ind = basin_indicators(ref.phi, ref.psi)
-    out = {"basins": {n: dict(zip(("value", "stderr"), fraction(ref, ind[n]))) for n in BASINS}}
-    p, dp = fraction(ref, ref.phi > 0)
-    out["p_phi_positive"] = {"value": p, "stderr": dp}
-    out["dF_phi_positive_minus_negative_kT"] = delta_f_from_fraction(p, dp)
-    return out
+    return state_estimates(ref)
 
 
 def energy_metrics(sample: Ensemble, ref: Ensemble, use_weights: bool) -> dict:
@@ -146,7 +183,7 @@ def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
     """All metrics of ``sample`` against ``ref`` (raw and, when the sample has weights, reweighted)."""
     variants = {"raw": False} if sample.log_w is None and sample.angle_log_w is None else {"raw": False,
                                                                                             "reweighted": True}
-    if sample.kind in ("md", "umbrella"):
+    if sample.kind in ("md", "umbrella", "replica-exchange"):
         variants = {"as_sampled": True}
     metrics = {"system": target.name, "sample": {"label": sample.label, "kind": sample.kind, "n": len(sample.energy)},
                "reference": {"label": ref.label, "kind": ref.kind, "n": len(ref.energy)},
@@ -157,7 +194,8 @@ def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
                    "energy_w": "W1 and W2 (square root taken) of reduced energies u = E / kT",
                    "errors": "bootstrap over samples (independent samples), statistical inefficiency per "
                              "replica (MD), MBAR (umbrella)",
-                   "basins": "phi<0: alpha_R if -120<=psi<50 else C7eq/beta; phi>=0: alpha_L if psi>=0 else C7ax",
+                   "phi_positive": STATE_DEFINITIONS["phi_positive"],
+                   "basins": STATE_DEFINITIONS["basins"],
                    "particles": "pair_distance_w*: 1D W of all interparticle distances; equivariant_w2: exact "
                                 "OT between n resampled members with ground cost min over O(s) and permutations "
                                 "of the summed squared distance (alternating Kabsch/Hungarian, an upper "
@@ -177,16 +215,27 @@ def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
             m.update(peptide_metrics(sample, ref, use_w))
             r = metrics["reference"]["estimates"]["dF_phi_positive_minus_negative_kT"]
             s = m["dF_phi_positive_minus_negative_kT"]
-            diff = s["value"] - r["value"]
-            comb = math.hypot(s["stderr"], r["stderr"])
-            m["dF_minus_reference_kT"] = {"value": diff, "combined_stderr": comb,
-                                          "z": diff / comb if comb > 0 else math.nan}
+            if s["value"] is None or r["value"] is None:
+                m["dF_minus_reference_kT"] = {"value": None, "combined_stderr": None, "z": None,
+                                              "note": "not compared: dF " + ("of the sample" if s["value"] is None
+                                                                             else "of the reference") + " not sampled"}
+            else:
+                diff = s["value"] - r["value"]
+                comb = math.hypot(s["stderr"], r["stderr"])
+                m["dF_minus_reference_kT"] = {"value": diff, "combined_stderr": comb,
+                                              "z": diff / comb if comb > 0 else math.nan}
         if sample.x is not None and ref.x is not None and target.n_particles and not peptide and \
                 getattr(target, "topology", None) is None:
             m.update(particle_metrics(sample, ref, target, use_w))
             m["energy_w2_squared_kT2"] = m["energy_w2_kT"] ** 2           # as DEM-family papers print it
         metrics[name] = m
     return metrics
+
+
+def _cell(est: dict, digits: int) -> str:
+    if est.get("value") is None:
+        return "not sampled"
+    return f"{est['value']:.{digits}f} +- {est['stderr']:.{digits}f}"
 
 
 def write_report(metrics: dict, sample: Ensemble, ref: Ensemble, out_dir: Path) -> Path:
@@ -208,22 +257,19 @@ def write_report(metrics: dict, sample: Ensemble, ref: Ensemble, out_dir: Path) 
         rows += [("KL phi", lambda m: f"{m['kl_phi']:.4f}"), ("KL psi", lambda m: f"{m['kl_psi']:.4f}"),
                  ("KL (phi, psi)", lambda m: f"{m['kl_phi_psi']:.4f}"),
                  ("W2 torus (phi, psi)", lambda m: f"{m['w2_torus_phi_psi']:.4f}"),
-                 ("dF(phi>0 vs phi<0) (kT)", lambda m: "{:.3f} +- {:.3f}".format(
-                     m["dF_phi_positive_minus_negative_kT"]["value"], m["dF_phi_positive_minus_negative_kT"]["stderr"])),
-                 ("dF - reference (z)", lambda m: "{:.3f} ({:.1f} sigma)".format(
-                     m["dF_minus_reference_kT"]["value"], m["dF_minus_reference_kT"]["z"]))]
-        rows += [(f"p({b})", (lambda b: lambda m: "{:.4f} +- {:.4f}".format(
-            m["basins"][b]["value"], m["basins"][b]["stderr"]))(b)) for b in BASINS]
+                 ("dF(phi>0 vs phi<0) (kT)", lambda m: _cell(m["dF_phi_positive_minus_negative_kT"], 3)),
+                 ("dF - reference (z)", lambda m: "not compared" if m["dF_minus_reference_kT"]["value"] is None
+                  else "{:.3f} ({:.1f} sigma)".format(m["dF_minus_reference_kT"]["value"],
+                                                      m["dF_minus_reference_kT"]["z"]))]
+        rows += [(f"p({b})", (lambda b: lambda m: _cell(m["basins"][b], 4))(b)) for b in BASINS]
     lines += ["| metric | " + " | ".join(variants) + " | reference |", "|---|" + "---|" * (len(variants) + 1)]
     ref_est = metrics["reference"].get("estimates", {})
     for label, fmt in rows:
         ref_cell = ""
         if label.startswith("dF(") and ref_est:
-            d = ref_est["dF_phi_positive_minus_negative_kT"]
-            ref_cell = f"{d['value']:.3f} +- {d['stderr']:.3f}"
+            ref_cell = _cell(ref_est["dF_phi_positive_minus_negative_kT"], 3)
         elif label.startswith("p(") and ref_est:
-            b = ref_est["basins"][label[2:-1]]
-            ref_cell = f"{b['value']:.4f} +- {b['stderr']:.4f}"
+            ref_cell = _cell(ref_est["basins"][label[2:-1]], 4)
         lines.append(f"| {label} | " + " | ".join(fmt(metrics[v]) for v in variants) + f" | {ref_cell} |")
     lines += ["", *[f"![{f.stem}]({f.name})" for f in figs], "", "Definitions:", ""]
     lines += [f"- {k}: {v}" for k, v in metrics["definitions"].items()]

@@ -15,7 +15,7 @@ class Ensemble:
     """Conformations to compare. ``log_w`` None means equal weights; ``segments`` are the lengths
     of independent, time-correlated runs (MD replicas), empty for independent samples."""
     label: str
-    kind: str                                  # "sampler", "md", "umbrella", "samples"
+    kind: str                                  # "sampler", "md", "umbrella", "replica-exchange", "samples"
     x: np.ndarray | None                       # (M, N, 3) or (M, *event_shape)
     energy: np.ndarray                         # reduced, (M,)
     log_w: np.ndarray | None = None
@@ -141,5 +141,5 @@ def _compact(path: Path, d: dict, target, label: str) -> Ensemble:
     if str(d["kind"]) == "md":
         return Ensemble(label, "md", x, d["energy"].astype(float), phi=phi, psi=psi,
                         segments=[int(s) for s in d["segments"]])
-    return Ensemble(label, "umbrella", x, d["energy"].astype(float), log_w=d["log_w"], phi=phi, psi=psi,
+    return Ensemble(label, str(d["kind"]), x, d["energy"].astype(float), log_w=d["log_w"], phi=phi, psi=psi,
                     angle_log_w=d["log_w"], external=json.loads(str(d["estimates"])))

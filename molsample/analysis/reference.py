@@ -3,6 +3,7 @@ subsample of frames, with provenance. `molsample compare` reads them like the fu
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +22,111 @@ def pack_md(files: list[str | Path], target, out: str | Path, n_frames: int = 40
     return _save(out, arrays, target, [str(f) for f in files], provenance)
 
 
+REFERENCE_KINDS = ("umbrella", "replica-exchange")
+
+
+def _run_se(e: dict) -> float:
+    """The error of one run's estimate: the larger of MBAR's asymptotic error and, where the run has one,
+    its block bootstrap (replica exchange), since MBAR's error assumes decorrelated samples."""
+    se = [e.get("stderr"), e.get("stderr_bootstrap")]
+    se = [float(v) for v in se if v is not None and math.isfinite(float(v))]
+    return max(se) if se else math.nan
+
+
+def _combine(values: list[dict]) -> dict:
+    """Inverse-variance mean of independent estimates {value, stderr}; one estimate is returned as is."""
+    v = np.array([float(e["value"]) for e in values])
+    se = np.array([_run_se(e) for e in values])
+    if len(values) == 1:
+        return {"value": float(v[0]), "stderr": float(se[0])}
+    if not np.all(np.isfinite(se) & (se > 0)):
+        return {"value": float(v.mean()), "stderr": math.nan}
+    w = 1.0 / se ** 2
+    return {"value": float((w * v).sum() / w.sum()), "stderr": float(math.sqrt(1.0 / w.sum()))}
+
+
+def combine_estimates(runs: list[dict]) -> dict:
+    """Estimates of independent runs of one reference method (different seeds) combined: dF(phi > 0 vs
+    phi < 0), p(phi > 0) and the basin populations by inverse-variance means, and each run's own
+    figures under 'runs' (the independent halves a reference is checked with)."""
+    out = {key: _combine([r[key] for r in runs]) for key in ("dF_phi_positive_minus_negative_kT", "p_phi_positive")}
+    out["basins"] = {name: _combine([r["basins"][name] for r in runs]) for name in runs[0]["basins"]}
+    out["runs"] = [{"dF_phi_positive_minus_negative_kT": {"value": r["dF_phi_positive_minus_negative_kT"]["value"],
+                                                          "stderr": _run_se(r["dF_phi_positive_minus_negative_kT"])},
+                    "basins": {n: {"value": b["value"], "stderr": _run_se(b)} for n, b in r["basins"].items()}}
+                   for r in runs]
+    return out
+
+
+def _umbrella_run(file: Path, stride: int) -> dict:
+    d = dict(np.load(file))
+    side = json.loads(file.with_suffix(".json").read_text())
+    lw = d["log_w"][::stride]
+    return {"phi": d["phi"][::stride], "psi": d["psi"][::stride], "log_w": lw - np.logaddexp.reduce(lw),
+            "energy": d["energy_kj_per_mol"][::stride] / float(d["kT_kj_per_mol"]),
+            "frames_xyz": d["frames_xyz"], "frames_log_w": d["frames_log_w"],
+            "estimates": side["estimates"], "settings": side["settings"]}
+
+
+def _replica_run(file: Path, stride: int, target) -> dict:
+    """Every sample of every temperature of a replica-exchange run with its MBAR weight at the system's
+    temperature, log w(x) = -u_T(x) - log sum_k N_k exp(f_k - u_k(x)), from the run's own f_k."""
+    from ..targets.openmm_target import kt_kj_per_mol
+    d = dict(np.load(file))
+    side = json.loads(file.with_suffix(".json").read_text())
+    est = side["estimates"]
+    energy = d["energy_kj_per_mol"].astype(np.float64)                     # (iterations, K)
+    kt = np.array([kt_kj_per_mol(t) for t in d["temperatures_K"]])
+    kt_t = kt_kj_per_mol(est["temperature_K"])
+    f_k = np.asarray(est["mbar"]["f_k"])
+    e = energy[::stride].reshape(-1)
+    log_denom = np.logaddexp.reduce(math.log(len(energy)) + f_k[None, :] - e[:, None] / kt[None, :], axis=1)
+    lw = -e / kt_t - log_denom
+    frames = d["frames_xyz"]
+    return {"phi": d["phi"][::stride].reshape(-1), "psi": d["psi"][::stride].reshape(-1),
+            "log_w": lw - np.logaddexp.reduce(lw), "energy": e / kt_t,
+            "frames_xyz": frames, "frames_log_w": np.zeros(len(frames)),
+            "estimates": est, "settings": side["settings"]}
+
+
+def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n_frames: int = 3000,
+                  provenance: str = "", stride: int = 1) -> Path:
+    """Pack one or more independent runs (different seeds) of a weighted reference into one file.
+
+    kind 'umbrella' (`molsample umbrella` .npz) or 'replica-exchange' (`molsample pt` .npz, every
+    temperature reweighted to the system's by MBAR). Kept: phi, psi (float32), reduced energy at the
+    system's temperature (float32) and log weight (float64) of every ``stride``-th sample, each run
+    carrying an equal share of the weight; ``n_frames`` equal-weight conformations drawn by weight from
+    all runs; and ``estimates``: the runs' figures combined by inverse-variance means, with each run's
+    own figures (``estimates['runs']``)."""
+    if kind not in REFERENCE_KINDS:
+        raise ValueError(f"unknown reference kind {kind!r}; use one of {REFERENCE_KINDS}")
+    files = [Path(f) for f in files]
+    runs = [_umbrella_run(f, stride) if kind == "umbrella" else _replica_run(f, stride, target) for f in files]
+    share = -math.log(len(runs))
+    rng = np.random.default_rng(0)
+    per_run = np.diff(np.linspace(0, n_frames, len(runs) + 1).round().astype(int))
+    picks = []
+    for r, n in zip(runs, per_run):
+        w = np.exp(r["frames_log_w"] - r["frames_log_w"].max())
+        picks.append(r["frames_xyz"][rng.choice(len(w), size=int(n), replace=True, p=w / w.sum())])
+    estimates = combine_estimates([r["estimates"] for r in runs])
+    if len(runs) == 1:            # one run keeps all its figures (profile, overlap, ...), with the error used above
+        estimates = {**runs[0]["estimates"], **{k: v for k, v in estimates.items() if k != "runs"}}
+    arrays = {"kind": kind, "phi": np.concatenate([r["phi"] for r in runs]).astype(np.float32),
+              "psi": np.concatenate([r["psi"] for r in runs]).astype(np.float32),
+              "log_w": np.concatenate([r["log_w"] + share for r in runs]),
+              "energy": np.concatenate([r["energy"] for r in runs]).astype(np.float32),
+              "frames_xyz": np.concatenate(picks).astype(np.float32), "frames_log_w": np.zeros(int(per_run.sum())),
+              "estimates": json.dumps(estimates), "settings": json.dumps([r["settings"] for r in runs]),
+              "stride": stride}
+    return _save(out, arrays, target, [str(f) for f in files], provenance)
+
+
 def pack_umbrella(file: str | Path, target, out: str | Path, n_frames: int = 3000, provenance: str = "",
                   stride: int = 1) -> Path:
-    """Pack an umbrella reference: phi, psi (float32) and log weights (float64, renormalised) of every
-    ``stride``-th sample, the MBAR estimates of the full run, and ``n_frames`` frames drawn by weight
-    (equal-weight frames)."""
-    file = Path(file)
-    d = dict(np.load(file))
-    for key in ("phi", "psi", "energy_kj_per_mol"):
-        d[key] = d[key][::stride]
-    lw = d["log_w"][::stride]
-    d["log_w"] = lw - np.logaddexp.reduce(lw)
-    rng = np.random.default_rng(0)
-    w = np.exp(d["frames_log_w"] - d["frames_log_w"].max())
-    pick = rng.choice(len(w), size=min(n_frames, len(w)), replace=True, p=w / w.sum())
-    estimates = json.loads(file.with_suffix(".json").read_text())
-    arrays = {"kind": "umbrella", "phi": d["phi"].astype(np.float32), "psi": d["psi"].astype(np.float32),
-              "log_w": d["log_w"], "energy": (d["energy_kj_per_mol"] / float(d["kT_kj_per_mol"])).astype(np.float32),
-              "frames_xyz": d["frames_xyz"][pick].astype(np.float32), "frames_log_w": np.zeros(len(pick)),
-              "estimates": json.dumps(estimates["estimates"]), "umbrella_settings": json.dumps(estimates["settings"]),
-              "stride": stride}
-    return _save(out, arrays, target, [str(file)], provenance)
+    """One umbrella run packed (see :func:`pack_weighted`)."""
+    return pack_weighted("umbrella", [file], target, out, n_frames, provenance, stride)
 
 
 def _save(out, arrays, target, sources, provenance) -> Path:

@@ -26,6 +26,7 @@ class OpenMMSpec:
     temperature: float = 300.0
     nonbonded_method: Literal["NoCutoff"] = "NoCutoff"
     description: str = ""
+    reference: str = ""           # the settled reference of this system (relative to the file), compare's default
 
     def __post_init__(self):
         check_ranges(self, "system", {"temperature": ">0"})
@@ -173,3 +174,20 @@ def spec_dict(name_or_path: str | Path) -> dict:
     if not path.is_file():
         path = system_files()[str(name_or_path)]
     return asdict(load_spec(path))
+
+
+def default_reference(name_or_path: str | Path) -> Path | None:
+    """The system's settled reference file (its ``reference`` key), or None if it names none."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        files = system_files()
+        if str(name_or_path) not in files:
+            return None
+        path = files[str(name_or_path)]
+    ref = getattr(load_spec(path), "reference", "")
+    if not ref:
+        return None
+    full = path.parent / ref
+    if not full.is_file():
+        raise ConfigError(f"{path}: reference {ref!r} does not exist ({full})")
+    return full

@@ -1,0 +1,141 @@
+"""The states used by every tool, packed references (umbrella and replica exchange), their combination
+over independent runs, the 'not sampled' rule for plain MD, and the systems' default references."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from molsample.analysis.basins import BASINS, basin_indicators, phi_positive
+from molsample.analysis.compare import MIN_INDEPENDENT_IN_STATE, md_independent_in_state, state_estimates
+from molsample.analysis.ensembles import Ensemble, load_ensemble
+from molsample.analysis.reference import combine_estimates, pack_weighted
+from molsample.cli import main
+from molsample.targets import load_target
+from molsample.targets.openmm_target import kt_kj_per_mol
+
+from conftest import ROOT
+
+
+def test_state_definitions_partition_the_torus_and_agree_with_phi_positive():
+    rng = np.random.default_rng(0)
+    phi, psi = rng.uniform(-4 * math.pi, 4 * math.pi, (2, 20000))        # any representation of the angle
+    ind = basin_indicators(phi, psi)
+    total = sum(ind[b].astype(int) for b in BASINS)
+    assert np.all(total == 1)                                            # a partition
+    pos = phi_positive(phi)
+    assert np.array_equal(ind["alpha_L"] | ind["C7ax"], pos)
+    wrapped = (phi + math.pi) % (2 * math.pi) - math.pi
+    assert np.array_equal(pos, (wrapped > 0) & (wrapped < math.pi))
+    # the edges: 0 and pi (= -pi) belong to phi < 0; a hair inside belongs to phi > 0
+    edges = np.array([0.0, math.pi, -math.pi, 1e-9, math.pi - 1e-9, -1e-9, 2 * math.pi + 0.5])
+    assert phi_positive(edges).tolist() == [False, False, False, True, True, False, True]
+    # psi boundaries of the basins in degrees
+    d = np.radians
+    assert basin_indicators(d(np.array([-60.0, -60.0, -60.0])), d(np.array([-119.99, 49.99, 50.01])))["alpha_R"].tolist() \
+        == [True, True, False]
+    assert basin_indicators(d(np.array([60.0, 60.0])), d(np.array([0.0, -0.1])))["alpha_L"].tolist() == [True, False]
+
+
+def test_combine_estimates_is_the_inverse_variance_mean_and_keeps_each_run():
+    run = lambda v, s: {"dF_phi_positive_minus_negative_kT": {"value": v, "stderr": s},
+                        "p_phi_positive": {"value": 1 / (1 + math.exp(v)), "stderr": 0.01},
+                        "basins": {b: {"value": 0.25, "stderr": s / 10} for b in BASINS}}
+    out = combine_estimates([run(3.0, 0.1), run(4.0, 0.2)])
+    d = out["dF_phi_positive_minus_negative_kT"]
+    assert math.isclose(d["value"], (3.0 / 0.01 + 4.0 / 0.04) / (1 / 0.01 + 1 / 0.04))
+    assert math.isclose(d["stderr"], math.sqrt(1 / (1 / 0.01 + 1 / 0.04)))
+    assert [r["dF_phi_positive_minus_negative_kT"]["value"] for r in out["runs"]] == [3.0, 4.0]
+    # a run's block-bootstrap error, when larger than MBAR's, is the one used
+    a = run(3.0, 0.1)
+    a["dF_phi_positive_minus_negative_kT"]["stderr_bootstrap"] = 0.3
+    out = combine_estimates([a, run(3.0, 0.3)])
+    assert math.isclose(out["dF_phi_positive_minus_negative_kT"]["stderr"], 0.3 / math.sqrt(2))
+
+
+# one coordinate x: an asymmetric double well (kJ/mol) whose sign stands in for the sign of phi
+S, A, B = 0.05, 3.0, 1.0
+
+
+def _u(x):
+    return A * ((x / S) ** 2 - 1) ** 2 + B * x / S
+
+
+def _exact_p_positive(temperature):
+    g = np.linspace(-6 * S, 6 * S, 200001)
+    w = np.exp(-(_u(g) - _u(g).min()) / kt_kj_per_mol(temperature))
+    return w[g > 0].sum() / w.sum()
+
+
+def _fake_pt_run(path, seed, temps=(300.0, 360.0, 430.0, 520.0), n=3000):
+    """A replica-exchange output file made of independent exact samples at each temperature, with the
+    MBAR f_k of those samples: what `molsample pt` writes, with the dynamics replaced by exact draws."""
+    from pymbar import MBAR
+    rng = np.random.default_rng(seed)
+    grid = np.linspace(-6 * S, 6 * S, 40001)
+    xs = []
+    for t in temps:
+        w = np.exp(-(_u(grid) - _u(grid).min()) / kt_kj_per_mol(t))
+        xs.append(rng.choice(grid, n, p=w / w.sum()))
+    x = np.stack(xs, axis=1)
+    energy = _u(x)
+    kt = np.array([kt_kj_per_mol(t) for t in temps])
+    mbar = MBAR(energy.T.reshape(1, -1) / kt[:, None], np.full(len(temps), n), verbose=False)
+    phi = np.where(x > 0, 1.0, -1.0) + 0.1 * rng.uniform(-1, 1, x.shape)      # phi > 0 exactly when x > 0
+    psi = rng.uniform(-math.pi, math.pi, x.shape)
+    np.savez(path, energy_kj_per_mol=energy, temperatures_K=np.array(temps), phi=phi, psi=psi,
+             frames_xyz=np.zeros((50, 22, 3), np.float32))
+    p = float((x[:, 0] > 0).mean())
+    est = {"temperature_K": 300.0, "mbar": {"f_k": mbar.f_k.tolist()},
+           "dF_phi_positive_minus_negative_kT": {"value": -math.log(p / (1 - p)), "stderr": 0.1},
+           "p_phi_positive": {"value": p, "stderr": 0.01},
+           "basins": {b: {"value": 0.25, "stderr": 0.01} for b in BASINS}}
+    path.with_suffix(".json").write_text(json.dumps({"estimates": est, "settings": {"seed": seed}}))
+
+
+def test_packed_replica_exchange_weights_reproduce_the_closed_form(tmp_path):
+    for seed in (1, 2):
+        _fake_pt_run(tmp_path / f"r{seed}.npz", seed)
+    target = load_target("aldp-vacuum")
+    out = pack_weighted("replica-exchange", [tmp_path / "r1.npz", tmp_path / "r2.npz"], target, tmp_path / "p.npz",
+                        n_frames=40)
+    ens = load_ensemble([out], target)
+    assert ens.kind == "replica-exchange" and len(ens.phi) == 2 * 4 * 3000 and len(ens.x) == 40
+    w = np.exp(ens.angle_log_w)
+    assert math.isclose(w.sum(), 1.0, rel_tol=1e-9)
+    half = len(w) // 2
+    assert math.isclose(w[:half].sum(), 0.5, rel_tol=1e-9)                 # each run carries half the weight
+    p = float(w[phi_positive(ens.phi)].sum())
+    # every temperature reweighted to 300 K: the closed form, to the accuracy of 24,000 samples
+    exact = _exact_p_positive(300.0)
+    assert abs(p - exact) < 0.01, (p, exact)
+    # ... and not the answer at another rung (the check can fail)
+    assert abs(p - _exact_p_positive(520.0)) > 0.03
+    assert len(ens.external["runs"]) == 2
+
+
+def test_plain_md_that_never_crossed_reports_not_sampled(tmp_path, capsys):
+    ref = load_ensemble([ROOT / "systems/aldp/reference/aldp_md_2x50ns.npz"], load_target("aldp"))
+    est = state_estimates(ref)
+    d = est["dF_phi_positive_minus_negative_kT"]
+    assert d["value"] is None and d["sampled"] is False and "not sampled" in d["note"]
+    assert est["basins"]["C7ax"]["value"] is None and est["basins"]["alpha_R"]["value"] > 0.3
+    # a correlated series with many visits gets a number with an error bar
+    rng = np.random.default_rng(0)
+    runs = np.repeat(rng.random(4000) < 0.2, 5)                             # 20,000 frames, visits of 5 frames
+    assert md_independent_in_state(runs, [10000, 10000]) > MIN_INDEPENDENT_IN_STATE
+    phi = np.where(runs, 1.0, -1.0)
+    ens = Ensemble("md", "md", None, np.zeros(len(phi)), phi=phi, psi=np.zeros(len(phi)), segments=[10000, 10000])
+    e = state_estimates(ens)["dF_phi_positive_minus_negative_kT"]
+    assert abs(e["value"] - (-math.log(runs.mean() / (1 - runs.mean())))) < 1e-9 and e["stderr"] > 0
+
+
+def test_a_system_with_a_missing_reference_file_is_refused(tmp_path, capsys):
+    src = (ROOT / "systems/aldp/aldp.yaml").read_text()
+    lines = [ln for ln in src.splitlines() if not ln.startswith("reference:")]
+    (tmp_path / "aldp.pdb").write_text((ROOT / "systems/aldp/aldp.pdb").read_text())
+    (tmp_path / "x.yaml").write_text("\n".join(lines + ["reference: reference/nothing.npz"]) + "\n")
+    from molsample.config import ConfigError
+    from molsample.targets.registry import default_reference
+    with pytest.raises(ConfigError, match="nothing.npz"):
+        default_reference(tmp_path / "x.yaml")
