@@ -711,7 +711,9 @@ def run_pt(settings: PTSettings, out: str | Path, resume: bool = False, show_pro
         system, _ = target.openmm_system()
         progress = run_pt_system(system, target.positions, settings, work, resume=resume,
                                  show_progress=show_progress, desc=f"pt {target.name}")
+    c_analysis = time.process_time()
     res, arrays = analyse_run(work, target, n_boot=n_boot, seed=settings.seed)
+    c_analysis = time.process_time() - c_analysis
     snap = latest_snapshot(work)
     progress = json.loads((snap / "progress.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -727,6 +729,7 @@ def run_pt(settings: PTSettings, out: str | Path, resume: bool = False, show_pro
             "ns_per_replica_done": res["n_iterations"] * settings.exchange_ps / 1000.0,
             "cpu_seconds": progress["cpu_seconds"] + progress.get("cpu_seconds_setup", 0.0),
             "cpu_seconds_production": progress["cpu_seconds"], "wall_seconds_production": progress["wall_seconds"],
+            "cpu_seconds_analysis": c_analysis,
             "ns_per_day_all_replicas": (res["n_iterations"] * settings.exchange_ps * 1e-3 * len(settings.temperatures)
                                         / progress["wall_seconds"] * 86400 if progress["wall_seconds"] > 0 else None),
             "run_directory": str(work), "snapshot": str(snap),

@@ -520,7 +520,9 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     files = [str(workdir / f"window_{k:04d}.npz") for k in range(len(all_centres(settings)))]
     wall = time.perf_counter() - t0
     kt = target.kt
+    c_analysis = time.process_time()
     res, log_w, phi, psi = mbar_analysis(settings, files, kt)
+    c_analysis = time.process_time() - c_analysis
     data = [np.load(f) for f in files]
     energy = np.concatenate([d["energy"] for d in data])
     offsets = np.cumsum([0] + [len(d["phi"]) for d in data])[:-1]
@@ -531,6 +533,7 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
                   kT_kj_per_mol=kt, system=settings.system)
     meta = {"settings": asdict(settings), "estimates": res, "wall_seconds": wall,
             "cpu_seconds_windows": float(sum(float(d["cpu_seconds"]) for d in data)),
+            "cpu_seconds_analysis": c_analysis,
             "chains": [[int(k) for k in p] for p in paths],
             "starts": [json.loads(str(d["start"])) for d in data],
             "n_samples": int(len(phi)), "n_frames": int(len(xyz))}

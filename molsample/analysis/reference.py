@@ -58,22 +58,23 @@ def combine_estimates(runs: list[dict]) -> dict:
     return out
 
 
-def _umbrella_run(file: Path, stride: int) -> dict:
+def load_umbrella_run(file: Path, stride: int = 1) -> dict:
+    """Every ``stride``-th sample of an umbrella run with its MBAR weight, its frames, and its JSON figures."""
     d = dict(np.load(file))
-    side = json.loads(file.with_suffix(".json").read_text())
+    side = json.loads(Path(file).with_suffix(".json").read_text())
     lw = d["log_w"][::stride]
     return {"phi": d["phi"][::stride], "psi": d["psi"][::stride], "log_w": lw - np.logaddexp.reduce(lw),
             "energy": d["energy_kj_per_mol"][::stride] / float(d["kT_kj_per_mol"]),
             "frames_xyz": d["frames_xyz"], "frames_log_w": d["frames_log_w"],
-            "estimates": side["estimates"], "settings": side["settings"]}
+            "estimates": side["estimates"], "settings": side["settings"], "meta": side}
 
 
-def _replica_run(file: Path, stride: int, target) -> dict:
+def load_replica_run(file: Path, stride: int = 1) -> dict:
     """Every sample of every temperature of a replica-exchange run with its MBAR weight at the system's
     temperature, log w(x) = -u_T(x) - log sum_k N_k exp(f_k - u_k(x)), from the run's own f_k."""
     from ..targets.openmm_target import kt_kj_per_mol
     d = dict(np.load(file))
-    side = json.loads(file.with_suffix(".json").read_text())
+    side = json.loads(Path(file).with_suffix(".json").read_text())
     est = side["estimates"]
     energy = d["energy_kj_per_mol"].astype(np.float64)                     # (iterations, K)
     kt = np.array([kt_kj_per_mol(t) for t in d["temperatures_K"]])
@@ -86,7 +87,7 @@ def _replica_run(file: Path, stride: int, target) -> dict:
     return {"phi": d["phi"][::stride].reshape(-1), "psi": d["psi"][::stride].reshape(-1),
             "log_w": lw - np.logaddexp.reduce(lw), "energy": e / kt_t,
             "frames_xyz": frames, "frames_log_w": np.zeros(len(frames)),
-            "estimates": est, "settings": side["settings"]}
+            "estimates": est, "settings": side["settings"], "meta": side}
 
 
 def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n_frames: int = 3000,
@@ -102,7 +103,7 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
     if kind not in REFERENCE_KINDS:
         raise ValueError(f"unknown reference kind {kind!r}; use one of {REFERENCE_KINDS}")
     files = [Path(f) for f in files]
-    runs = [_umbrella_run(f, stride) if kind == "umbrella" else _replica_run(f, stride, target) for f in files]
+    runs = [load_umbrella_run(f, stride) if kind == "umbrella" else load_replica_run(f, stride) for f in files]
     share = -math.log(len(runs))
     rng = np.random.default_rng(0)
     per_run = np.diff(np.linspace(0, n_frames, len(runs) + 1).round().astype(int))

@@ -1,0 +1,174 @@
+"""The checks a free-energy reference of alanine dipeptide must pass, for one or more methods, each given
+as independent runs (different seeds):
+
+    python benchmarks/reference_check.py --system aldp --md systems/aldp/reference/aldp_md_2x50ns.npz \
+        --method "2D umbrella" runs/umb/aldp_2d_s11.npz runs/umb/aldp_2d_s12.npz \
+        --method "replica exchange" runs/pt/aldp_pt_s1.npz runs/pt/aldp_pt_s2.npz \
+        --other "1D umbrella (36 x 2 ns)" systems/aldp/reference/aldp_umbrella_phi_36x2ns.npz
+
+Per method: each run's dF(phi > 0 vs phi < 0) and four basin populations with its error (the larger of
+MBAR's and the block bootstrap where the run has one), |A - B| / combined SE between its runs (the check:
+within 3), the runs combined by inverse-variance means, the CPU time spent, and the CPU time the method
+would need for dF to +-0.1 and +-0.05 kT at the measured rate (error proportional to 1 / sqrt(CPU time)).
+Between methods: combined dF and populations, |difference| / combined SE. Against plain MD where MD is
+converged (phi < 0): p(alpha_R | phi < 0) and KL(phi | phi < 0) in 10-degree bins, with MD's own
+replica-vs-replica KL as the floor. Prints markdown; --json FILE writes every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from molsample.analysis.basins import BASINS, basin_indicators, phi_positive
+from molsample.analysis.compare import _md_fraction
+from molsample.analysis.reference import _run_se, combine_estimates, load_replica_run, load_umbrella_run
+from molsample.analysis.stats import histogram_kl
+
+EDGES_NEG = np.linspace(-math.pi, 0.0, 19)          # the 10-degree bins of `molsample compare` on phi < 0
+DF = "dF_phi_positive_minus_negative_kT"
+
+
+def load_run(path: Path) -> dict:
+    with np.load(path) as d:
+        replica = "temperatures_K" in d
+    run = load_replica_run(path) if replica else load_umbrella_run(path)
+    meta = run["meta"]
+    if replica:
+        cpu = float(meta["cpu_seconds"])                      # simulation (incl. set-up); analysis below
+        cpu_analysis = float(meta.get("cpu_seconds_analysis", math.nan))
+    else:
+        cpu = float(meta["cpu_seconds_windows"])
+        cpu_analysis = float(meta.get("cpu_seconds_analysis", math.nan))
+    run.update(path=str(path), kind="replica exchange" if replica else "umbrella", cpu_seconds=cpu,
+               cpu_seconds_analysis=cpu_analysis)
+    return run
+
+
+def z(a: dict, b: dict) -> float:
+    return abs(a["value"] - b["value"]) / math.hypot(a["stderr"], b["stderr"])
+
+
+def neg_given(run: dict):
+    phi, psi, lw = run["phi"], run["psi"], run["log_w"]
+    w = np.exp(lw - lw.max())
+    m = ~phi_positive(phi)
+    return phi[m], psi[m], w[m]
+
+
+def p_alpha_r_given_neg(est: dict) -> dict:
+    a, c = est["basins"]["alpha_R"], est["basins"]["C7eq/beta"]
+    s = a["value"] + c["value"]
+    return {"value": a["value"] / s, "stderr": _run_se(a) / s}       # p(phi > 0) ~ 0.02: its share is small
+
+
+def md_check(md_path: Path) -> dict:
+    md = np.load(md_path)
+    phi, psi = md["phi"].astype(float), md["psi"].astype(float)
+    seg = [int(s) for s in md["segments"]]
+    neg = ~phi_positive(phi)
+    alpha = basin_indicators(phi, psi)["alpha_R"]
+    parts = np.split(np.arange(len(phi)), np.cumsum(seg)[:-1])
+    p, se = _md_fraction(alpha[neg], [int(neg[i].sum()) for i in parts])
+    halves = [phi[i][neg[i]] for i in parts]
+    floor = histogram_kl(halves[1], halves[0], [EDGES_NEG]) if len(halves) > 1 else math.nan
+    return {"p_alphaR_given_neg": {"value": p, "stderr": se}, "kl_floor": floor, "phi_neg": phi[neg]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--method", nargs="+", action="append", required=True, metavar=("NAME", "RUN"),
+                    help="a method's name and its independent runs (.npz of `molsample umbrella` or `molsample pt`)")
+    ap.add_argument("--md", required=True, help="packed plain-MD reference (phi < 0 check)")
+    ap.add_argument("--other", nargs=2, action="append", default=[], metavar=("NAME", "FILE"),
+                    help="another reference (.json or packed .npz with estimates) to compare dF with")
+    ap.add_argument("--system", default="aldp")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    md = md_check(Path(args.md))
+    out = {"system": args.system, "md": {k: v for k, v in md.items() if k != "phi_neg"}, "methods": {}}
+    combined = {}
+    print(f"## {args.system}\n")
+    for name, *files in args.method:
+        runs = [load_run(Path(f)) for f in files]
+        est = [r["estimates"] for r in runs]
+        both = combine_estimates(est)
+        combined[name] = both
+        print(f"### {name}: {len(runs)} independent runs\n")
+        print("| quantity | " + " | ".join(Path(r["path"]).stem for r in runs)
+              + " | |A - B| / combined SE (largest pair) | runs combined |")
+        print("|---|" + "---|" * (len(runs) + 2))
+        rows = [(f"dF(phi>0 vs phi<0) (kT)", [e[DF] for e in est], both[DF], 3)]
+        rows += [(f"p({b})", [e["basins"][b] for e in est], both["basins"][b], 4) for b in BASINS]
+        checks = {}
+        for label, vals, comb, dig in rows:
+            vals = [{"value": v["value"], "stderr": _run_se(v)} for v in vals]
+            zmax = max((z(a, b) for a, b in itertools.combinations(vals, 2)), default=math.nan)
+            checks[label] = zmax
+            print(f"| {label} | " + " | ".join(f"{v['value']:.{dig}f} +- {v['stderr']:.{dig}f}" for v in vals)
+                  + f" | {zmax:.2f} | {comb['value']:.{dig}f} +- {comb['stderr']:.{dig}f} |")
+        cpu = sum(r["cpu_seconds"] for r in runs)
+        cpu_an = sum(r["cpu_seconds_analysis"] for r in runs)
+        se = both[DF]["stderr"]
+        cost = {f"cpu_minutes_to_{t}": cpu / 60 * (se / t) ** 2 for t in (0.1, 0.05)}
+        print(f"\nCPU: {cpu / 60:.1f} min of simulation" + (f" + {cpu_an / 60:.1f} min of analysis" if
+                                                             math.isfinite(cpu_an) else "")
+              + f"; dF error {se:.3f} kT; at this rate +-0.1 kT needs {cost['cpu_minutes_to_0.1']:.0f} CPU-min "
+                f"and +-0.05 kT {cost['cpu_minutes_to_0.05']:.0f} CPU-min of simulation")
+        mdp = md["p_alphaR_given_neg"]
+        print(f"\nAgainst plain MD where it is converged (phi < 0): MD p(alpha_R | phi<0) = {mdp['value']:.4f} +- "
+              f"{mdp['stderr']:.4f}, KL(phi | phi<0) floor (MD replica vs replica) {md['kl_floor']:.4f}\n")
+        print("| run | p(alpha_R given phi<0) | minus MD / combined SE | KL(phi given phi<0) vs MD |")
+        print("|---|---|---|---|")
+        md_rows = []
+        for r, e in zip(runs, est):
+            p = p_alpha_r_given_neg(e)
+            phi, _, w = neg_given(r)
+            kl = histogram_kl(md["phi_neg"], phi, [EDGES_NEG], None, w)
+            md_rows.append({"run": r["path"], "p_alphaR_given_neg": p, "z_vs_md": (p["value"] - mdp["value"])
+                            / math.hypot(p["stderr"], mdp["stderr"]), "kl_phi_neg_vs_md": kl})
+            print(f"| {Path(r['path']).stem} | {p['value']:.4f} +- {p['stderr']:.4f} | {md_rows[-1]['z_vs_md']:+.2f} "
+                  f"| {kl:.4f} |")
+        pooled = [neg_given(r) for r in runs]
+        kl_pooled = histogram_kl(md["phi_neg"], np.concatenate([p[0] for p in pooled]), [EDGES_NEG], None,
+                                 np.concatenate([p[2] / p[2].sum() for p in pooled]))
+        kl_ab = histogram_kl(pooled[0][0], pooled[1][0], [EDGES_NEG], pooled[0][2], pooled[1][2]) \
+            if len(pooled) > 1 else math.nan
+        print(f"\nKL(phi | phi<0): runs pooled vs MD {kl_pooled:.4f}; run A vs run B {kl_ab:.4f}\n")
+        out["methods"][name] = {"runs": [{"path": r["path"], "estimates": {DF: e[DF], "basins": e["basins"]},
+                                          "cpu_seconds": r["cpu_seconds"],
+                                          "cpu_seconds_analysis": r["cpu_seconds_analysis"]}
+                                         for r, e in zip(runs, est)],
+                                "halves_z": checks, "combined": {k: v for k, v in both.items() if k != "runs"},
+                                "cpu_seconds": cpu, "cpu_seconds_analysis": cpu_an, **cost, "md_check": md_rows,
+                                "kl_phi_neg_pooled_vs_md": kl_pooled, "kl_phi_neg_a_vs_b": kl_ab}
+    names = list(combined)
+    if len(names) > 1 or args.other:
+        print("### Between methods\n")
+        print("| pair | dF (kT) | p(C7eq/beta) | p(alpha_R) | p(alpha_L) | p(C7ax) |")
+        print("|---|---|---|---|---|---|")
+        out["between"] = []
+        for a, b in itertools.combinations(names, 2):
+            ca, cb = combined[a], combined[b]
+            zs = [z(ca[DF], cb[DF])] + [z(ca["basins"][n], cb["basins"][n]) for n in BASINS]
+            out["between"].append({"pair": [a, b], "z": zs})
+            print(f"| {a} vs {b} | {ca[DF]['value']:.3f} vs {cb[DF]['value']:.3f} ({zs[0]:.2f} SE) | "
+                  + " | ".join(f"{zz:.2f} SE" for zz in zs[1:]) + " |")
+        for oname, path in args.other:
+            p = Path(path)
+            eo = json.loads(p.read_text())["estimates"] if p.suffix == ".json" else json.loads(str(np.load(p)["estimates"]))
+            for a in names:
+                zz = z({"value": eo[DF]["value"], "stderr": _run_se(eo[DF])}, combined[a][DF])
+                out["between"].append({"pair": [oname, a], "z": [zz]})
+                print(f"| {oname} vs {a} | {eo[DF]['value']:.3f} +- {_run_se(eo[DF]):.3f} vs "
+                      f"{combined[a][DF]['value']:.3f} ({zz:.2f} SE) | | | | |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
