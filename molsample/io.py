@@ -73,9 +73,11 @@ def read_checkpoint(path: str | Path, device="cpu") -> dict:
             AttributeError, TypeError) as exc:
         raise InputError(f"{path}: not a readable molsample checkpoint (truncated or another kind of file: "
                          f"{_first_line(exc)})") from None
-    if not isinstance(ckpt, dict) or not {"config", "ema", "state"} <= set(ckpt):
+    internal = isinstance(ckpt, dict) and ckpt.get("format") == "molsample-internal-1"
+    needed = {"config", "model", "state"} if internal else {"config", "ema", "state"}
+    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise InputError(f"{path}: not a molsample checkpoint (expected the keys config, ema and state; found "
+        raise InputError(f"{path}: not a molsample checkpoint (expected the keys {', '.join(sorted(needed))}; found "
                          f"{keys})")
     return ckpt
 

@@ -1,0 +1,359 @@
+"""The internal-coordinate sampler of a bonded molecule as a trainable, saveable model.
+
+A model is the structured base (:class:`~molsample.coords.base.StructuredBase`, fitted to reference
+frames in seconds) and the one-step map on its latent space
+(:class:`~molsample.coords.flow.LipschitzResidualMap`, a bijection that starts at the identity),
+trained by the map's reverse KL against the force field with the exact log-det. One network
+evaluation per sample; exact importance weights against exp(-u) in the canonical frame.
+
+    route: internal            # the config's first key selects this route in `molsample train`
+    target: aldp
+    data: {paths: [systems/aldp/reference/aldp_umbrella_2d_30x18.npz], weight_power: 0.5}
+    base: {stiff_below: 0.35, ...}
+    map: {hidden: 128, layers: 2, lipschitz: 0.9}
+    train: {iterations: 2000, batch: 128, lr: 3.0e-3, ...}
+
+Checkpoints hold tensors, numbers, strings and lists only (loaded with weights_only=True).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import typing
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, check_ranges, from_dict, load_yaml
+from .base import StructuredBase, TorusHistogram
+from .flow import LipschitzResidualMap, OneStepSampler
+from .target import InternalCoordinateTarget
+from .transform import InternalCoordinates
+
+FORMAT = "molsample-internal-1"
+CHECKPOINT = "checkpoint.pt"
+
+
+# ------------------------------------------------------------------------------------------ config
+
+@dataclasses.dataclass(frozen=True)
+class ICDataConfig:
+    paths: tuple[str, ...]                 # reference frames (umbrella / replica-exchange / MD files)
+    shares: tuple[float, ...] = ()         # share of the total weight per file (default: equal)
+    weight_power: float = 1.0              # frames weighted by w^power (< 1: flatter, covers rare states)
+
+    def __post_init__(self):
+        check_ranges(self, "data", {"weight_power": ">=0"})
+        if not self.paths:
+            raise ConfigError("data.paths: give at least one file of reference frames")
+        if self.shares and (len(self.shares) != len(self.paths) or min(self.shares) <= 0):
+            raise ConfigError(f"data.shares: one positive share per file in data.paths ({len(self.paths)}), "
+                              f"got {list(self.shares)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ICBaseConfig:
+    stiff_below: float = 0.35
+    bins_2d: int = 36
+    bins_1d: int = 72
+    smooth_bins: float = 1.0
+    floor: float = 0.05
+    order: int = 2
+    ridge: float = 1.0e-3
+
+    def __post_init__(self):
+        check_ranges(self, "base", {"stiff_below": ">=0", "bins_2d": ">=1", "bins_1d": ">=1", "smooth_bins": ">=0",
+                                    "floor": "[0,1]", "order": ">=0", "ridge": ">=0"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ICMapConfig:
+    hidden: int = 128
+    layers: int = 2
+    lipschitz: float = 0.9
+
+    def __post_init__(self):
+        check_ranges(self, "map", {"hidden": ">=1", "layers": ">=1", "lipschitz": ">0"})
+        if not self.lipschitz < 1:
+            raise ConfigError(f"map.lipschitz = {self.lipschitz}: must be below 1 for the step to be a bijection")
+
+
+@dataclasses.dataclass(frozen=True)
+class ICTrainConfig:
+    iterations: int = 2000                 # 0: the base alone
+    batch: int = 128
+    lr: float = 3.0e-3
+    grad_clip: float = 10.0
+    energy_cap: float = 1.0e4
+    checkpoint_every: int = 100
+    eval_every: int = 500
+    eval_samples: int = 4000
+
+    def __post_init__(self):
+        check_ranges(self, "train", {"iterations": ">=0", "batch": ">=1", "lr": ">0", "grad_clip": ">0",
+                                     "energy_cap": ">0", "checkpoint_every": ">=1", "eval_every": ">=1",
+                                     "eval_samples": ">=1"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ICExperimentConfig:
+    route: typing.Literal["internal"]
+    target: str
+    data: ICDataConfig
+    seed: int = 0
+    base: ICBaseConfig = ICBaseConfig()
+    map: ICMapConfig = ICMapConfig()
+    train: ICTrainConfig = ICTrainConfig()
+
+    @classmethod
+    def load(cls, path, overrides: typing.Sequence[str] = ()) -> "ICExperimentConfig":
+        data = load_yaml(path)
+        for item in overrides:                      # --set section.key=value (YAML value)
+            import yaml
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item!r}: expected section.key=value")
+            *sections, last = key.split(".")
+            node = data
+            for s in sections:
+                node = node.setdefault(s, {})
+            node[last] = yaml.safe_load(value)
+        return from_dict(cls, data, str(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def is_internal_config(path) -> bool:
+    """Whether a config file selects the internal-coordinate route (``route: internal``)."""
+    return load_yaml(path).get("route") == "internal"
+
+
+# ------------------------------------------------------------------------------------------ model
+
+def base_state(base: StructuredBase) -> dict:
+    """The fitted base as tensors and lists (for a weights_only checkpoint)."""
+    return {"lead": base.lead.clone(), "soft": base.soft.clone(), "centre": base.centre.clone(),
+            "groups": [list(map(int, g)) for g in base.groups],
+            "histograms": [{"prob": torch.as_tensor(h.prob), "bins": int(h.bins)} for h in base.histograms],
+            "coef": base.coef.clone(), "chol": base.chol.clone(), "order": int(base.order),
+            "pairs": [list(map(int, p)) for p in base.pairs]}
+
+
+def base_from_state(ic: InternalCoordinates, s: dict) -> StructuredBase:
+    hists = [TorusHistogram(h["prob"].numpy(), int(h["bins"])) for h in s["histograms"]]
+    return StructuredBase(ic, s["lead"].numpy(), s["soft"].numpy(), s["centre"].numpy(),
+                          [tuple(g) for g in s["groups"]], hists, s["coef"].numpy(), s["chol"].numpy(),
+                          int(s["order"]), [tuple(p) for p in s["pairs"]])
+
+
+class InternalSampler:
+    """Base + one-step map + the molecule's target: draws Cartesian conformations with exact weights."""
+
+    def __init__(self, cartesian, base: StructuredBase, flow: LipschitzResidualMap):
+        self.cartesian, self.base, self.flow = cartesian, base, flow
+        self.target = InternalCoordinateTarget(cartesian, ic=base.ic)
+        self.one_step = OneStepSampler(base, self.target, flow)
+
+    @torch.no_grad()
+    def draw(self, n: int, generator: torch.Generator, chunk: int = 4096, weights: bool = True,
+             progress=None) -> dict:
+        """n conformations: x (n, N, 3) nm float64 in the canonical frame, log_q (density of the
+        internal coordinates), log_w (exact importance weights; -inf outside the domain or where
+        the step's det <= 0), the sign of each step's det, and the count of draws outside the domain."""
+        xs, lqs, lws, signs, ood = [], [], [], [], 0
+        wts = self.flow.normalised()
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            d = self.one_step.draw(m, generator, wts, with_log_det=True)
+            x, _ = self.target.to_cartesian(d["y"])
+            ood += self.target.out_of_domain(d["y"])
+            xs.append(x)
+            lqs.append(d["log_q"])
+            signs.append(d["sign"])
+            if weights:
+                lws.append(self.target.log_weights(d["y"], d["log_q"]))
+            if progress is not None:
+                progress.update(m)
+        out = {"x": torch.cat(xs), "log_q": torch.cat(lqs), "sign": torch.cat(signs), "out_of_domain": ood}
+        if weights:
+            out["log_w"] = torch.cat(lws)
+        return out
+
+    def state(self) -> dict:
+        zm = self.base.ic.zmatrix
+        return {"base": base_state(self.base), "flow": {k: v.detach().clone() for k, v in self.flow.state_dict().items()},
+                "zmatrix_order": torch.as_tensor(np.asarray(zm.order))}
+
+
+def build_sampler(cfg: ICExperimentConfig, generator: torch.Generator | None = None, base_state_dict=None):
+    """The sampler of a config: the base fitted to the config's frames (or restored), the map at the identity."""
+    from ..targets import load_target
+    cart = load_target(cfg.target)
+    if getattr(cart, "topology", None) is None:
+        raise ValueError(f"system {cfg.target!r} has no bond graph; the internal-coordinate route is for molecules "
+                         "(use the Cartesian route for particle systems)")
+    ic = InternalCoordinates(cart.topology)
+    if base_state_dict is None:
+        x, log_w = training_frames(cfg.data, cart)
+        b = cfg.base
+        base = StructuredBase.fit(ic, x, log_w, cart.topology, stiff_below=b.stiff_below, bins_2d=b.bins_2d,
+                                  bins_1d=b.bins_1d, smooth_bins=b.smooth_bins, floor=b.floor, order=b.order,
+                                  ridge=b.ridge)
+    else:
+        base = base_from_state(ic, base_state_dict)
+    flow = LipschitzResidualMap(len(base.soft), base.n_linear, hidden=cfg.map.hidden, layers=cfg.map.layers,
+                                lipschitz=cfg.map.lipschitz, generator=generator)
+    return InternalSampler(cart, base, flow)
+
+
+def training_frames(dc: ICDataConfig, target) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of every data file with log weights: w^power within each file, normalised, times its share."""
+    from ..data import load_frames
+    shares = dc.shares or tuple(1.0 for _ in dc.paths)
+    xs, lws = [], []
+    for path, share in zip(dc.paths, shares):
+        x, lw = load_frames(path, target)
+        lw = dc.weight_power * lw
+        xs.append(x)
+        lws.append(lw - np.logaddexp.reduce(lw) + math.log(share / sum(shares)))
+    return np.concatenate(xs), np.concatenate(lws)
+
+
+def load_internal_checkpoint(path, ckpt: dict | None = None) -> tuple[InternalSampler, dict]:
+    """(sampler, checkpoint dict) of an internal-coordinate checkpoint (weights_only load)."""
+    from ..io import InputError, read_checkpoint
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)
+    if ckpt.get("format") != FORMAT:
+        raise InputError(f"{path}: not an internal-coordinate checkpoint (format {ckpt.get('format')!r})")
+    cfg = from_dict(ICExperimentConfig, ckpt["config"], f"{path}: config")
+    sampler = build_sampler(cfg, base_state_dict=ckpt["model"]["base"])
+    if not torch.equal(torch.as_tensor(np.asarray(sampler.base.ic.zmatrix.order)), ckpt["model"]["zmatrix_order"]):
+        raise InputError(f"{path}: the system {cfg.target!r} now gives another Z-matrix than the checkpoint's; "
+                         "it was trained for a different topology")
+    sampler.flow.load_state_dict(ckpt["model"]["flow"])
+    return sampler, ckpt
+
+
+def is_internal_checkpoint(ckpt: dict) -> bool:
+    return isinstance(ckpt, dict) and ckpt.get("format") == FORMAT
+
+
+# ------------------------------------------------------------------------------------------ training
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def evaluate(sampler: InternalSampler, n: int, seed: int = 12345) -> dict:
+    """Kish ESS of n fresh draws (a fixed seed, never a training batch), det <= 0 and out-of-domain counts."""
+    from ..estimate import ess
+    d = sampler.draw(n, torch.Generator().manual_seed(seed))
+    lw = d["log_w"].numpy()
+    return {"eval_ess": ess(lw, n_boot=0).value, "eval_det_nonpositive": int((d["sign"] <= 0).sum()),
+            "eval_out_of_domain": int(d["out_of_domain"]), "eval_zero_weight": int((~np.isfinite(lw)).sum())}
+
+
+def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progress: bool = True,
+                   iterations: int | None = None) -> dict:
+    """Fit the base and train the one-step map of ``cfg`` into ``out_dir`` (checkpoint.pt, config.json,
+    log.jsonl). Resumable (``resume``: continue to the checkpoint's own target unless ``iterations`` is
+    given); Ctrl-C / SIGTERM finish the iteration, write the checkpoint and raise Interrupted.
+    Returns the training state (iteration, cpu_seconds, base fit time, last evaluation)."""
+    from tqdm import tqdm
+
+    from ..io import read_checkpoint
+    from ..runtime import Interrupted, RunLock, stop_on_signal
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CHECKPOINT
+    with RunLock(out / ".lock", f"--out {out}"):
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        if resume:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no checkpoint to resume; start without --resume")
+            ckpt = read_checkpoint(path)
+            saved = from_dict(ICExperimentConfig, ckpt["config"], f"{path}: config")
+            if dataclasses.replace(saved, train=cfg.train) != cfg:
+                raise ValueError(f"{path}: the checkpoint was trained with another config (only train.* may change "
+                                 "on --resume)")
+            target_its = iterations if iterations is not None else ckpt["state"]["target_iterations"]
+            sampler, _ = load_internal_checkpoint(path, ckpt)
+            st = ckpt["state"]
+            if target_its < st["iteration"]:
+                raise ValueError(f"--iterations {target_its}: the run has already done {st['iteration']}")
+            gen.set_state(ckpt["rng"])
+        else:
+            if path.is_file():
+                raise FileExistsError(f"{path} exists; pass --resume to continue or choose another --out")
+            target_its = cfg.train.iterations if iterations is None else iterations
+            c0 = time.process_time()
+            sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(cfg.seed + 1))
+            st = {"iteration": 0, "cpu_seconds": 0.0, "base_fit_cpu_seconds": time.process_time() - c0,
+                  "nonfinite_total": 0, "last_eval": {}}
+            ckpt = None
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, iterations=target_its))
+        tc = cfg.train
+        opt = torch.optim.Adam(sampler.flow.parameters(), lr=tc.lr)
+        if ckpt is not None and "optimizer" in ckpt:
+            opt.load_state_dict(ckpt["optimizer"])
+
+        def save():
+            st["target_iterations"] = target_its
+            _atomic_save({"format": FORMAT, "config": cfg.to_dict(), "system": cfg.target, "model": sampler.state(),
+                          "optimizer": opt.state_dict(), "state": dict(st), "rng": gen.get_state(),
+                          "torch_version": str(torch.__version__)}, path)
+
+        cj = out / "config.json"
+        cj.with_name("config.json.tmp").write_text(json.dumps(cfg.to_dict(), indent=2))
+        os.replace(cj.with_name("config.json.tmp"), cj)
+        if st["iteration"] == 0 and not st["last_eval"]:
+            st["base_eval"] = evaluate(sampler, tc.eval_samples)
+            st["last_eval"] = dict(st["base_eval"])
+            save()
+        bar = tqdm(total=target_its, initial=st["iteration"], disable=not progress, dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, desc=f"train {cfg.target} (internal)")
+        log = open(out / "log.jsonl", "a")
+        try:
+            with stop_on_signal() as stop:
+                while st["iteration"] < target_its:
+                    if stop:
+                        save()
+                        raise Interrupted(f"interrupted at iteration {st['iteration']} of {target_its}; checkpoint "
+                                          f"{path} written; continue with --resume")
+                    c0 = time.process_time()
+                    opt.zero_grad()
+                    loss, logs = sampler.one_step.reverse_kl(tc.batch, gen, tc.energy_cap)
+                    if torch.isfinite(loss):
+                        loss.backward()
+                        torch.nn.utils.clip_grad_norm_(sampler.flow.parameters(), tc.grad_clip)
+                        opt.step()
+                    else:
+                        st["nonfinite_total"] += 1
+                        logs["skipped"] = True
+                    st["iteration"] += 1
+                    it = st["iteration"]
+                    if it % tc.eval_every == 0 or it == target_its:
+                        st["last_eval"] = evaluate(sampler, tc.eval_samples)
+                        logs.update(st["last_eval"])
+                    st["cpu_seconds"] += time.process_time() - c0
+                    log.write(json.dumps({"iteration": it, **logs}) + "\n")
+                    if it % tc.checkpoint_every == 0 or it == target_its:
+                        save()
+                        log.flush()
+                    bar.set_postfix(loss=f"{logs['loss']:.3g}", batch_ess=f"{logs['batch_ess']:.2f}",
+                                    ess=f"{st['last_eval'].get('eval_ess', math.nan):.3f}")
+                    bar.update(1)
+        finally:
+            bar.close()
+            log.close()
+        save()
+        return st
