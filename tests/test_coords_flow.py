@@ -94,3 +94,17 @@ def test_reverse_kl_has_finite_gradients_for_every_parameter(sampler):
     loss.backward()
     assert np.isfinite(logs["loss"]) and logs["left_out"] == 0
     assert flow.gate.grad is not None and torch.isfinite(flow.gate.grad) and flow.gate.grad != 0
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_closed_form_jacobian_equals_forward_mode_autodiff(sampler, layers):
+    flow = LipschitzResidualMap(sampler.flow.k, sampler.flow.m, hidden=24, layers=layers,
+                                generator=torch.Generator().manual_seed(layers))
+    with torch.no_grad():
+        flow.gate.fill_(1.5)
+        for b in flow.biases:
+            b.normal_(0, 0.5, generator=torch.Generator().manual_seed(9))
+    w = flow.normalised()
+    z, _ = sampler.latent(20, torch.Generator().manual_seed(7))
+    ref = torch.func.vmap(torch.func.jacfwd(lambda zi: flow.velocity(zi, w)))(z)
+    assert torch.allclose(flow.jacobian(z, w), ref, atol=1e-12, rtol=0)
