@@ -512,7 +512,7 @@ def _cmd_pack(args) -> int:
         out = pack_md(args.files, target, args.out, args.frames, prov)
     else:
         out = pack_weighted("umbrella" if args.kind == "umbrella" else "replica-exchange", args.files, target,
-                            args.out, args.frames, prov, args.stride)
+                            args.out, args.frames, prov, args.stride, args.frames_power)
     print(f"wrote {out} ({Path(out).stat().st_size / 1e6:.2f} MB)")
     return 0
 
@@ -702,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provenance", help="how the inputs were produced (stored in the file)")
     p.add_argument("--stride", type=positive_int, default=1,
                    help="umbrella, pt: keep every k-th sample's angles and weight")
+    p.add_argument("--frames-power", type=nonnegative_float, default=1.0,
+                   help="umbrella, pt: draw the kept conformations with probability w^p and store their remaining "
+                        "log weight (1 - p) log w (1: equal-weight frames; 0.5: rare states more often)")
     p.set_defaults(func=_cmd_pack)
 
     p = sub.add_parser("estimate", help="log Z, ELBO and ESS with errors from a samples file")

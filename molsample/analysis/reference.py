@@ -91,14 +91,16 @@ def load_replica_run(file: Path, stride: int = 1) -> dict:
 
 
 def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n_frames: int = 3000,
-                  provenance: str = "", stride: int = 1) -> Path:
+                  provenance: str = "", stride: int = 1, frames_power: float = 1.0) -> Path:
     """Pack one or more independent runs (different seeds) of a weighted reference into one file.
 
     kind 'umbrella' (`molsample umbrella` .npz) or 'replica-exchange' (`molsample pt` .npz, every
     temperature reweighted to the system's by MBAR). Kept: phi, psi (float32), reduced energy at the
     system's temperature (float32) and log weight (float64) of every ``stride``-th sample, each run
-    carrying an equal share of the weight; ``n_frames`` equal-weight conformations drawn by weight from
-    all runs; and ``estimates``: the runs' figures combined by inverse-variance means, with each run's
+    carrying an equal share of the weight; ``n_frames`` conformations drawn from all runs with
+    probability proportional to w^frames_power, stored with log weights (1 - frames_power) log w so that
+    the weighted frames are Boltzmann-distributed (frames_power 1: equal-weight frames; below 1 they
+    cover rare states more often, which a proposal fitted to them needs); and ``estimates``: the runs' figures combined by inverse-variance means, with each run's
     own figures (``estimates['runs']``)."""
     if kind not in REFERENCE_KINDS:
         raise ValueError(f"unknown reference kind {kind!r}; use one of {REFERENCE_KINDS}")
@@ -107,10 +109,13 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
     share = -math.log(len(runs))
     rng = np.random.default_rng(0)
     per_run = np.diff(np.linspace(0, n_frames, len(runs) + 1).round().astype(int))
-    picks = []
+    picks, pick_lw = [], []
     for r, n in zip(runs, per_run):
-        w = np.exp(r["frames_log_w"] - r["frames_log_w"].max())
-        picks.append(r["frames_xyz"][rng.choice(len(w), size=int(n), replace=True, p=w / w.sum())])
+        lw = r["frames_log_w"] - np.logaddexp.reduce(r["frames_log_w"])
+        w = np.exp(frames_power * (lw - lw.max()))
+        i = rng.choice(len(w), size=int(n), replace=True, p=w / w.sum())
+        picks.append(r["frames_xyz"][i])
+        pick_lw.append((1.0 - frames_power) * lw[i])
     estimates = combine_estimates([r["estimates"] for r in runs])
     if len(runs) == 1:            # one run keeps all its figures (profile, overlap, ...), with the error used above
         estimates = {**runs[0]["estimates"], **{k: v for k, v in estimates.items() if k != "runs"}}
@@ -118,7 +123,8 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
               "psi": np.concatenate([r["psi"] for r in runs]).astype(np.float32),
               "log_w": np.concatenate([r["log_w"] + share for r in runs]),
               "energy": np.concatenate([r["energy"] for r in runs]).astype(np.float32),
-              "frames_xyz": np.concatenate(picks).astype(np.float32), "frames_log_w": np.zeros(int(per_run.sum())),
+              "frames_xyz": np.concatenate(picks).astype(np.float32), "frames_log_w": np.concatenate(pick_lw),
+              "frames_power": frames_power,
               "estimates": json.dumps(estimates), "settings": json.dumps([r["settings"] for r in runs]),
               "stride": stride}
     return _save(out, arrays, target, [str(f) for f in files], provenance)
