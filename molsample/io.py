@@ -3,8 +3,10 @@ OpenMM at full precision, or an .npz with an ``xyz`` array), .npz archives of pl
 checkpoints (tensors and plain data only: nothing in a file is ever executed)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
@@ -183,7 +185,8 @@ def read_positions(path: str | Path, event_shape: tuple[int, ...], topology=None
         raise InputError(f"{path}: the system has no molecular topology; give positions as .npz with 'xyz' "
                          "or as HDF5/PDB")
     try:
-        traj = mdtraj.load(str(path)) if own_topology else mdtraj.load(str(path), top=topology)
+        with quiet_stdout():        # mdtraj's DCD reader prints "dcdplugin) ..." lines from C
+            traj = mdtraj.load(str(path)) if own_topology else mdtraj.load(str(path), top=topology)
     except Exception as exc:      # mdtraj raises many kinds for unreadable files; none is the user's bug
         raise InputError(f"{path}: not a readable {suffix} trajectory ({_first_line(exc)})") from None
     if topology is None:
@@ -192,6 +195,26 @@ def read_positions(path: str | Path, event_shape: tuple[int, ...], topology=None
     else:
         check_topology(traj.topology, topology, str(path))
     return _nonempty(np.asarray(traj.xyz, dtype=np.float64), path)
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silence the process's standard output at the file-descriptor level (what C libraries print)."""
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):     # no real descriptor (e.g. captured): nothing to silence
+        yield
+        return
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def _first_line(exc: BaseException) -> str:

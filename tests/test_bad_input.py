@@ -433,6 +433,18 @@ def test_no_library_banners_on_import_or_run(tmp_path):
     assert res.stderr.strip() == "" and res.stdout.strip() == "", res.stderr + res.stdout
 
 
+def test_reading_a_dcd_prints_nothing(tmp_path):
+    """mdtraj's C DCD reader prints 'dcdplugin) ...' lines on standard output; molsample silences them."""
+    code = ("import numpy as np, mdtraj; from molsample.targets import load_target; "
+            "from molsample.io import read_positions; t = load_target('aldp'); "
+            f"mdtraj.Trajectory(np.zeros((3, 22, 3), np.float32) + np.arange(22)[:, None] * 0.1, t.topology)"
+            f".save({str(tmp_path / 'a.dcd')!r}); "
+            f"x = read_positions({str(tmp_path / 'a.dcd')!r}, (22, 3), t.topology); assert x.shape == (3, 22, 3)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "dcdplugin" not in res.stdout + res.stderr and res.stdout.strip() == "", res.stdout
+
+
 @pytest.mark.parametrize("command", ["md", "train", "sample"])
 def test_a_permission_error_on_the_output_is_one_line(capsys, tmp_path, checkpoint, monkeypatch, command):
     """As root no folder is unwritable, so the write probe is made to fail as it would for a user."""
