@@ -26,7 +26,15 @@ def test_every_config_file_loads_and_builds():
     from molsample.config import ExperimentConfig
     paths = sorted((ROOT / "configs").rglob("*.yaml"))
     assert paths, "configs/ holds at least the CI-sized config"
+    from molsample.coords.model import ICExperimentConfig, is_internal_config
+    from molsample.data import resolve_path
     for path in paths:
+        if is_internal_config(path):              # the internal-coordinate route: config and its data files
+            cfg = ICExperimentConfig.load(path)
+            assert load_target(cfg.target).topology is not None
+            for f in cfg.data.paths:
+                assert resolve_path(f).is_file()
+            continue
         cfg = ExperimentConfig.load(path)
         exp = build(cfg)
         assert exp.target.name == cfg.target and exp.space.dim == exp.target.dim

@@ -131,6 +131,26 @@ class OneStepSampler:
     def log_weights(self, sample: dict) -> torch.Tensor:
         return self.target.log_weights(sample["y"], sample["log_q"])
 
+    def objective(self, kind: str, n: int, generator: torch.Generator, energy_cap: float = 1e4,
+                  mix: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """The training loss of the one-step map on n base draws: ``kl`` (reverse KL), ``ess`` (minus the
+        log of the batch's Kish ESS, log E[w^2] - 2 log E[w], the chi^2 divergence's log: it weighs the
+        tails that set the ESS of a large sample, which the mode-seeking reverse KL neglects), or
+        ``kl+ess`` (reverse KL plus ``mix`` times the ESS loss). Draws outside the domain are left out."""
+        if kind == "kl":
+            return self.reverse_kl(n, generator, energy_cap)
+        d = self.draw(n, generator)
+        u = self.target.energy(d["y"])
+        ok = torch.isfinite(u) & torch.isfinite(d["log_q"])
+        lw = (-u - d["log_q"])[ok]
+        chi = torch.logsumexp(2 * lw, 0) - 2 * torch.logsumexp(lw, 0) + math.log(max(int(ok.sum()), 1))
+        loss = chi if kind == "ess" else (torch.where(u > energy_cap, energy_cap + torch.log1p(
+            torch.clamp(u - energy_cap, min=0)), u)[ok] + d["log_q"][ok]).mean() + mix * chi
+        with torch.no_grad():
+            kish = float(torch.exp(-chi)) * int(ok.sum()) / n
+        return loss, {"loss": float(loss.detach()), "batch_ess": kish, "left_out": int((~ok).sum()),
+                      "gate": float(torch.tanh(self.flow.gate.detach()))}
+
     def reverse_kl(self, n: int, generator: torch.Generator, energy_cap: float = 1e4) -> tuple[torch.Tensor, dict]:
         """The one-step map's reverse KL up to a constant, mean of u_y(y) + log q(y) over n base draws
         (energies above ``energy_cap`` kT enter as cap + log(1 + u - cap); draws outside the domain

@@ -86,6 +86,8 @@ class ICMapConfig:
 @dataclasses.dataclass(frozen=True)
 class ICTrainConfig:
     iterations: int = 2000                 # 0: the base alone
+    loss: typing.Literal["kl", "ess", "kl+ess"] = "kl"     # reverse KL, -log batch ESS, or KL + ess_weight x ESS loss
+    ess_weight: float = 1.0
     batch: int = 128
     lr: float = 3.0e-3
     grad_clip: float = 10.0
@@ -95,7 +97,7 @@ class ICTrainConfig:
     eval_samples: int = 4000
 
     def __post_init__(self):
-        check_ranges(self, "train", {"iterations": ">=0", "batch": ">=1", "lr": ">0", "grad_clip": ">0",
+        check_ranges(self, "train", {"iterations": ">=0", "ess_weight": ">=0", "batch": ">=1", "lr": ">0", "grad_clip": ">0",
                                      "energy_cap": ">0", "checkpoint_every": ">=1", "eval_every": ">=1",
                                      "eval_samples": ">=1"})
 
@@ -331,7 +333,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
                                           f"{path} written; continue with --resume")
                     c0 = time.process_time()
                     opt.zero_grad()
-                    loss, logs = sampler.one_step.reverse_kl(tc.batch, gen, tc.energy_cap)
+                    loss, logs = sampler.one_step.objective(tc.loss, tc.batch, gen, tc.energy_cap, tc.ess_weight)
                     if torch.isfinite(loss):
                         loss.backward()
                         torch.nn.utils.clip_grad_norm_(sampler.flow.parameters(), tc.grad_clip)
