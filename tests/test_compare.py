@@ -150,15 +150,29 @@ def test_shipped_md_reference_is_consistent():
     assert np.allclose(phi, ens.phi[rows[:200]], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["aldp_umbrella_phi_36x2ns.npz", "aldp_umbrella_2d_12x12.npz"])
+@pytest.mark.parametrize("name", ["aldp_umbrella_phi_36x2ns.npz", "aldp_umbrella_2d_30x18.npz", "aldp_pt_2x6ns.npz",
+                                  "aldp-vacuum_umbrella_2d_30x18.npz", "aldp-vacuum_pt_2x7.5ns.npz"])
 def test_shipped_umbrella_reference_is_consistent(name):
     from conftest import ROOT
     from molsample.analysis.compare import fraction
     path = ROOT / "systems/aldp/reference" / name
     assert path.stat().st_size < 5e6
-    ens = load_ensemble([path], load_target("aldp"))
-    assert ens.kind == "umbrella" and abs(np.exp(ens.angle_log_w).sum() - 1) < 1e-9
-    # the subsampled, reweighted angles reproduce the MBAR estimate of the full run
-    p, _ = fraction(ens, ens.phi > 0)
+    system = "aldp-vacuum" if name.startswith("aldp-vacuum") else "aldp"
+    ens = load_ensemble([path], load_target(system))
+    assert ens.kind in ("umbrella", "replica-exchange") and abs(np.exp(ens.angle_log_w).sum() - 1) < 1e-9
+    # the subsampled, reweighted angles reproduce the MBAR estimates of the full runs
+    from molsample.analysis.basins import basin_indicators, phi_positive
+    p, _ = fraction(ens, phi_positive(ens.phi))
     ref = ens.external["p_phi_positive"]
     assert abs(p - ref["value"]) < 3 * ref["stderr"] + 1e-3
+    ind = basin_indicators(ens.phi, ens.psi)
+    for b, est in ens.external["basins"].items():
+        assert abs(fraction(ens, ind[b])[0] - est["value"]) < 3 * est["stderr"] + 2e-3, b
+    # the weighted conformations are Boltzmann-distributed: their phi > 0 share matches too (looser: 8000 frames)
+    with np.load(path) as d:
+        w = np.exp(d["frames_log_w"] - d["frames_log_w"].max())
+        x = d["frames_xyz"]
+    import mdtraj
+    phi = mdtraj.compute_phi(mdtraj.Trajectory(x, load_target(system).topology))[1][:, 0]
+    pf = float((w * phi_positive(phi)).sum() / w.sum())
+    assert abs(pf - ref["value"]) < max(0.3 * ref["value"], 0.004)

@@ -16,7 +16,7 @@ from molsample.targets import load_target
 from conftest import ROOT
 
 TINY = ROOT / "configs" / "tiny-aldp-data.yaml"
-UMBRELLA = ROOT / "systems" / "aldp" / "reference" / "aldp_umbrella_2d_12x12.npz"
+UMBRELLA = ROOT / "systems" / "aldp" / "reference" / "aldp_umbrella_2d_30x18.npz"
 
 
 def test_frame_sampler_weights_and_mirror():
@@ -168,8 +168,10 @@ def test_quickstart_pipeline_on_a_tiny_checkpoint(tmp_path, capsys):
     with np.load(out / "samples.npz") as z:
         assert z["x"].shape == (512, 22, 3) and np.isfinite(z["log_q"]).all()
     report = (out / "report.md").read_text()
-    assert "exact importance weights for 512" in report and "vs_md/" in report and "vs_umbrella/" in report
-    assert (out / "vs_md" / "metrics.json").is_file() and (out / "vs_umbrella" / "metrics.json").is_file()
+    assert "exact importance weights for 512" in report and "vs_md/" in report and "vs_reference/" in report
+    assert (out / "vs_md" / "metrics.json").is_file() and (out / "vs_reference" / "metrics.json").is_file()
+    ref = json.loads((out / "vs_reference" / "metrics.json").read_text())["reference"]
+    assert ref["kind"] == "umbrella"                       # the system's settled reference
 
 
 def test_quickstart_rejects_a_missing_checkpoint(tmp_path, capsys):
