@@ -1,8 +1,9 @@
 """`molsample quickstart`: the main job on alanine dipeptide in minutes on a CPU.
 
-Loads a shipped one-step checkpoint, draws conformations with ONE network evaluation each,
-computes exact importance weights for as many as the time budget allows (never fewer than
-``min_weights``), and compares against the shipped references: plain MD for the dihedral distributions where MD is
+Loads a shipped one-step checkpoint (by default the internal-coordinate model), draws
+conformations with ONE network evaluation each, computes exact importance weights (for an
+internal-coordinate model every sample's; for a Cartesian one as many as the time budget allows,
+never fewer than ``min_weights``), and compares against the shipped references: plain MD for the dihedral distributions where MD is
 converged (phi < 0), and the system's settled reference (its ``reference`` key: the 2D umbrella
 grid, checked against replica exchange) for the whole (phi, psi) plane and dF(phi > 0 vs phi < 0).
 """
@@ -19,7 +20,7 @@ import torch
 from .flow import pf_step
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = ROOT / "systems" / "aldp" / "models" / "aldp-onestep.pt"
+DEFAULT_CHECKPOINT = ROOT / "systems" / "aldp" / "models" / "aldp-ic.pt"      # internal coordinates
 MD_REFERENCE = ROOT / "systems" / "aldp" / "reference" / "aldp_md_2x50ns.npz"
 
 
@@ -88,7 +89,7 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
     checkpoint = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}; train one with "
-                                "`molsample train configs/aldp-data.yaml` and pass --checkpoint")
+                                "`molsample train configs/aldp-ic.yaml` and pass --checkpoint")
     from .coords.model import is_internal_checkpoint
     from .io import read_checkpoint
     peek = read_checkpoint(checkpoint)

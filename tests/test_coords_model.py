@@ -109,3 +109,17 @@ def test_log_q_of_an_opened_map_is_the_change_of_variables_of_the_whole_chain(tm
         _, logabs = torch.linalg.slogdet(jac)              # (the sign is the coordinate ordering's)
         assert abs(float(log_p[i] - logabs) - float(d["log_q"][i])) < 1e-8
     assert float(torch.tanh(sampler.flow.gate)) > 0.9
+
+
+def test_the_shipped_internal_model_loads_and_draws_valid_weights():
+    from molsample.quickstart import DEFAULT_CHECKPOINT
+    path = ROOT / "systems/aldp/models/aldp-ic.pt"
+    assert DEFAULT_CHECKPOINT == path and path.stat().st_size < 5e6
+    sampler, ckpt = load_internal_checkpoint(path)
+    assert ckpt["config"]["route"] == "internal" and ckpt["state"]["iteration"] > 0
+    d = sampler.draw(400, torch.Generator().manual_seed(0))
+    assert (d["sign"] > 0).all() and d["out_of_domain"] == 0
+    lw = d["log_w"].numpy()
+    assert np.isfinite(lw).all()
+    w = np.exp(lw - lw.max())
+    assert w.sum() ** 2 / (w ** 2).sum() / len(w) > 0.1       # 0.30 on 100,000 draws; a broken model gives ~0

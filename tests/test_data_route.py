@@ -176,7 +176,7 @@ def test_quickstart_pipeline_on_a_tiny_checkpoint(tmp_path, capsys):
 
 def test_quickstart_rejects_a_missing_checkpoint(tmp_path, capsys):
     assert main(["quickstart", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 2
-    assert "configs/aldp-data.yaml" in capsys.readouterr().err
+    assert "configs/aldp-ic.yaml" in capsys.readouterr().err
 
 
 def test_one_step_reverse_kl_uses_the_exact_weights_of_the_sampler():
