@@ -8,7 +8,7 @@ as independent runs (different seeds):
 
 Per method: each run's dF(phi > 0 vs phi < 0) and four basin populations with its error (the larger of
 MBAR's and the block bootstrap where the run has one), |A - B| / combined SE between its runs (the check:
-within 3), the runs combined by inverse-variance means, the CPU time spent, and the CPU time the method
+within 3), the runs combined (their mean), the CPU time spent, and the CPU time the method
 would need for dF to +-0.1 and +-0.05 kT at the measured rate (error proportional to 1 / sqrt(CPU time)).
 Between methods: combined dF and populations, |difference| / combined SE. Against plain MD where MD is
 converged (phi < 0): p(alpha_R | phi < 0) and KL(phi | phi < 0) in 10-degree bins, with MD's own

@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "reference (< 5 MB)")
     p.add_argument("kind", choices=("md", "umbrella", "pt"))
     p.add_argument("files", nargs="+", help="md: one trajectory per replica; umbrella, pt: one .npz per "
-                                            "independent run (seed), combined by inverse-variance means")
+                                            "independent run (seed), combined as their mean")
     p.add_argument("--system", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--frames", type=positive_int, default=4000, help="conformations kept")

@@ -207,11 +207,11 @@ def test_regularised_energy_caps_smoothly():
     assert r[3] < 120
 
 
-def test_shipped_quickstart_model_loads_and_is_small():
-    from molsample.quickstart import DEFAULT_CHECKPOINT
+def test_shipped_cartesian_model_loads_and_is_small():
     from molsample.train import load_checkpoint
-    assert DEFAULT_CHECKPOINT.is_file() and DEFAULT_CHECKPOINT.stat().st_size < 5e6
-    exp, ckpt = load_checkpoint(DEFAULT_CHECKPOINT)
+    path = ROOT / "systems" / "aldp" / "models" / "aldp-onestep.pt"
+    assert path.is_file() and path.stat().st_size < 5e6
+    exp, ckpt = load_checkpoint(path)
     assert exp.target.name == "aldp" and exp.route == "data" and ckpt["state"]["iteration"] > 0
     x = exp.prior.sample(4, torch.Generator().manual_seed(0), dtype=exp.dtype)
     with torch.no_grad():

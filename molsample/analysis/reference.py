@@ -34,20 +34,19 @@ def _run_se(e: dict) -> float:
 
 
 def _combine(values: list[dict]) -> dict:
-    """Inverse-variance mean of independent estimates {value, stderr}; one estimate is returned as is."""
+    """Mean of independent runs' estimates {value, stderr}, each run an equal share (as in the packed
+    weights), with stderr sqrt(sum se^2) / n; one estimate is returned as is. (An inverse-variance mean
+    would pull populations towards the run that saw less of a state, whose error is the smaller.)"""
     v = np.array([float(e["value"]) for e in values])
     se = np.array([_run_se(e) for e in values])
     if len(values) == 1:
         return {"value": float(v[0]), "stderr": float(se[0])}
-    if not np.all(np.isfinite(se) & (se > 0)):
-        return {"value": float(v.mean()), "stderr": math.nan}
-    w = 1.0 / se ** 2
-    return {"value": float((w * v).sum() / w.sum()), "stderr": float(math.sqrt(1.0 / w.sum()))}
+    return {"value": float(v.mean()), "stderr": float(np.sqrt((se ** 2).sum()) / len(values))}
 
 
 def combine_estimates(runs: list[dict]) -> dict:
     """Estimates of independent runs of one reference method (different seeds) combined: dF(phi > 0 vs
-    phi < 0), p(phi > 0) and the basin populations by inverse-variance means, and each run's own
+    phi < 0), p(phi > 0) and the basin populations by the mean over runs, and each run's own
     figures under 'runs' (the independent halves a reference is checked with)."""
     out = {key: _combine([r[key] for r in runs]) for key in ("dF_phi_positive_minus_negative_kT", "p_phi_positive")}
     out["basins"] = {name: _combine([r["basins"][name] for r in runs]) for name in runs[0]["basins"]}
@@ -100,7 +99,7 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
     carrying an equal share of the weight; ``n_frames`` conformations drawn from all runs with
     probability proportional to w^frames_power, stored with log weights (1 - frames_power) log w so that
     the weighted frames are Boltzmann-distributed (frames_power 1: equal-weight frames; below 1 they
-    cover rare states more often, which a proposal fitted to them needs); and ``estimates``: the runs' figures combined by inverse-variance means, with each run's
+    cover rare states more often, which a proposal fitted to them needs); and ``estimates``: the runs' figures combined (their mean), with each run's
     own figures (``estimates['runs']``)."""
     if kind not in REFERENCE_KINDS:
         raise ValueError(f"unknown reference kind {kind!r}; use one of {REFERENCE_KINDS}")
