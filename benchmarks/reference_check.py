@@ -83,14 +83,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--method", nargs="+", action="append", required=True, metavar=("NAME", "RUN"),
                     help="a method's name and its independent runs (.npz of `molsample umbrella` or `molsample pt`)")
-    ap.add_argument("--md", required=True, help="packed plain-MD reference (phi < 0 check)")
+    ap.add_argument("--md", help="packed plain-MD reference of the same system (phi < 0 check)")
     ap.add_argument("--other", nargs=2, action="append", default=[], metavar=("NAME", "FILE"),
                     help="another reference (.json or packed .npz with estimates) to compare dF with")
     ap.add_argument("--system", default="aldp")
     ap.add_argument("--json")
     args = ap.parse_args()
-    md = md_check(Path(args.md))
-    out = {"system": args.system, "md": {k: v for k, v in md.items() if k != "phi_neg"}, "methods": {}}
+    md = md_check(Path(args.md)) if args.md else None
+    out = {"system": args.system, "md": {k: v for k, v in md.items() if k != "phi_neg"} if md else None,
+           "methods": {}}
     combined = {}
     print(f"## {args.system}\n")
     for name, *files in args.method:
@@ -119,6 +120,14 @@ def main() -> None:
                                                              math.isfinite(cpu_an) else "")
               + f"; dF error {se:.3f} kT; at this rate +-0.1 kT needs {cost['cpu_minutes_to_0.1']:.0f} CPU-min "
                 f"and +-0.05 kT {cost['cpu_minutes_to_0.05']:.0f} CPU-min of simulation")
+        out["methods"][name] = {"runs": [{"path": r["path"], "estimates": {DF: e[DF], "basins": e["basins"]},
+                                          "cpu_seconds": r["cpu_seconds"],
+                                          "cpu_seconds_analysis": r["cpu_seconds_analysis"]}
+                                         for r, e in zip(runs, est)],
+                                "halves_z": checks, "combined": {k: v for k, v in both.items() if k != "runs"},
+                                "cpu_seconds": cpu, "cpu_seconds_analysis": cpu_an, **cost}
+        if md is None:
+            continue
         mdp = md["p_alphaR_given_neg"]
         print(f"\nAgainst plain MD where it is converged (phi < 0): MD p(alpha_R | phi<0) = {mdp['value']:.4f} +- "
               f"{mdp['stderr']:.4f}, KL(phi | phi<0) floor (MD replica vs replica) {md['kl_floor']:.4f}\n")
@@ -139,13 +148,7 @@ def main() -> None:
         kl_ab = histogram_kl(pooled[0][0], pooled[1][0], [EDGES_NEG], pooled[0][2], pooled[1][2]) \
             if len(pooled) > 1 else math.nan
         print(f"\nKL(phi | phi<0): runs pooled vs MD {kl_pooled:.4f}; run A vs run B {kl_ab:.4f}\n")
-        out["methods"][name] = {"runs": [{"path": r["path"], "estimates": {DF: e[DF], "basins": e["basins"]},
-                                          "cpu_seconds": r["cpu_seconds"],
-                                          "cpu_seconds_analysis": r["cpu_seconds_analysis"]}
-                                         for r, e in zip(runs, est)],
-                                "halves_z": checks, "combined": {k: v for k, v in both.items() if k != "runs"},
-                                "cpu_seconds": cpu, "cpu_seconds_analysis": cpu_an, **cost, "md_check": md_rows,
-                                "kl_phi_neg_pooled_vs_md": kl_pooled, "kl_phi_neg_a_vs_b": kl_ab}
+        out["methods"][name].update(md_check=md_rows, kl_phi_neg_pooled_vs_md=kl_pooled, kl_phi_neg_a_vs_b=kl_ab)
     names = list(combined)
     if len(names) > 1 or args.other:
         print("### Between methods\n")
