@@ -173,8 +173,9 @@ def _run_internal(checkpoint: Path, ckpt: dict, out: Path, n: int, seed: int, de
         raise ValueError(f"{checkpoint}: quickstart runs alanine dipeptide; this checkpoint is for {target.name!r}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    import sys
     with tqdm(total=n, disable=not progress, desc="one-step samples with exact weights", unit="sample",
-              dynamic_ncols=True) as bar:
+              dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
         d = sampler.draw(n, torch.Generator().manual_seed(seed), progress=bar)
     t_draw = time.perf_counter() - t0
     bad = int((d["sign"] <= 0).sum())
