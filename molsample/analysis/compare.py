@@ -243,7 +243,8 @@ def write_report(metrics: dict, sample: Ensemble, ref: Ensemble, out_dir: Path) 
     from . import plots
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    figs = plots.comparison_figures(sample, ref, out_dir)
+    with np.errstate(invalid="ignore", divide="ignore"):      # a curve with no samples in range is drawn empty
+        figs = plots.comparison_figures(sample, ref, out_dir)
     lines = [f"# {metrics['system']}: {sample.label} vs {ref.label}", "",
              f"Sample: {metrics['sample']['kind']}, {metrics['sample']['n']} conformations"
              + (f", ESS {metrics['sample']['ess']['value']:.4f}" if "ess" in metrics["sample"] else "")
