@@ -219,17 +219,14 @@ def _cmd_sample(args) -> int:
                 log_w=s.log_w.double().cpu().numpy(), log_prob=s.log_prob.double().cpu().numpy(),
                 meta=json.dumps(meta))
     if args.traj:
-        import mdtraj
-        traj = Path(args.traj)
-        tmp = traj.with_name(traj.stem + ".tmp" + traj.suffix)
-        mdtraj.Trajectory(s.x.double().cpu().numpy(), exp.target.topology).save(str(tmp))
-        os.replace(tmp, traj)
+        _write_traj(args.traj, s.x.double().cpu().numpy(), exp.target.topology)
     print(f"wrote {args.n} samples ({describe_steps(args.steps)}, {args.weights} weights, {s.seconds:.1f} s) to {out}"
           + (f"; det <= 0 at {s.n_nonpositive_det} samples" if args.weights == "exact" else ""))
     return 0
 
 
 def _write_traj(path: str, x: np.ndarray, topology) -> None:
+    """Conformations (M, N, 3) nm as a trajectory in any mdtraj format, written to a temporary name and renamed."""
     import mdtraj
     traj = Path(path)
     tmp = traj.with_name(traj.stem + ".tmp" + traj.suffix)

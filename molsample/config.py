@@ -72,6 +72,28 @@ def check_ranges(obj, section: str, rules: dict[str, str]) -> None:
             raise ConfigError(f"{section}.{key} = {value!r}: must be {words}")
 
 
+def apply_overrides(data: dict, overrides: typing.Sequence[str] = ()) -> dict:
+    """Apply ``section.key=value`` strings (value in YAML syntax) to a config mapping, in place, before it
+    is checked, so that a mistyped key is an error like one in the file. Returns ``data``."""
+    for item in overrides:
+        keys, sep, value = item.partition("=")
+        if not sep or not keys or any(not k for k in keys.split(".")):
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.lr=1e-4")
+        *sections, key = keys.split(".")
+        node = data
+        for name in sections:
+            if node.get(name) is None:
+                node[name] = {}
+            node = node[name]
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {name!r} is not a section")
+        try:
+            node[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from exc
+    return data
+
+
 _YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -328,23 +350,7 @@ class ExperimentConfig:
     def load(cls, path, overrides=()) -> "ExperimentConfig":
         """Read a config YAML; ``overrides`` are ``section.key=value`` strings (value in YAML syntax)
         applied before checking, so a mistyped key is an error like one in the file."""
-        data = load_yaml(path)
-        for item in overrides:
-            keys, sep, value = item.partition("=")
-            if not sep or not keys or any(not k for k in keys.split(".")):
-                raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.lr=1e-4")
-            *sections, key = keys.split(".")
-            node = data
-            for name in sections:
-                if node.get(name) is None:
-                    node[name] = {}
-                node = node[name]
-                if not isinstance(node, dict):
-                    raise ConfigError(f"override {item!r}: {name!r} is not a section")
-            try:
-                node[key] = yaml.safe_load(value)
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from exc
+        data = apply_overrides(load_yaml(path), overrides)
         moved = sorted(set(data.get("data") or {}) & set(MOVED_TO_TRAIN))
         if moved:
             raise ConfigError(f"{path}: data: key(s) {moved} belong under train: (the one-step reverse KL and "

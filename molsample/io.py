@@ -14,6 +14,7 @@ import numpy as np
 
 MDTRAJ_FORMATS = (".pdb", ".dcd", ".h5", ".hdf5", ".xtc", ".trr", ".nc", ".netcdf", ".gro", ".mdcrd")
 ASCII_ONLY_FORMATS = (".dcd", ".xtc", ".trr")     # mdtraj's C writers encode the file name as ASCII
+INTERNAL_FORMAT = "molsample-internal-1"          # the 'format' of internal-coordinate checkpoints
 
 
 class InputError(ValueError):
@@ -75,7 +76,7 @@ def read_checkpoint(path: str | Path, device="cpu") -> dict:
             AttributeError, TypeError) as exc:
         raise InputError(f"{path}: not a readable molsample checkpoint (truncated or another kind of file: "
                          f"{_first_line(exc)})") from None
-    internal = isinstance(ckpt, dict) and ckpt.get("format") == "molsample-internal-1"
+    internal = isinstance(ckpt, dict) and ckpt.get("format") == INTERNAL_FORMAT
     needed = {"config", "model", "state"} if internal else {"config", "ema", "state"}
     if not isinstance(ckpt, dict) or not needed <= set(ckpt):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__

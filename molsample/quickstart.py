@@ -3,13 +3,15 @@
 Loads a shipped one-step checkpoint (by default the internal-coordinate model), draws
 conformations with ONE network evaluation each, computes exact importance weights (for an
 internal-coordinate model every sample's; for a Cartesian one as many as the time budget allows,
-never fewer than ``min_weights``), and compares against the shipped references: plain MD for the dihedral distributions where MD is
-converged (phi < 0), and the system's settled reference (its ``reference`` key: the 2D umbrella
-grid, checked against replica exchange) for the whole (phi, psi) plane and dF(phi > 0 vs phi < 0).
+never fewer than ``min_weights``), and compares against the shipped references: plain MD for the
+dihedral distributions where MD is converged (phi < 0), and the system's settled reference (its
+``reference`` key: the 2D umbrella grid, checked against replica exchange) for the whole (phi, psi)
+plane and dF(phi > 0 vs phi < 0).
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +125,6 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
     sections = _comparisons(sample, exp.target, out)
     total = time.perf_counter() - t_start
     meta["seconds_total"] = total
-    (out / "quickstart.json").write_text(json.dumps(meta, indent=2))
     head = [f"# molsample quickstart: alanine dipeptide in one step", "",
             f"- checkpoint: `{checkpoint.name}` ({ckpt['state']['iteration']} training iterations, "
             f"{ckpt['state']['cpu_seconds'] / 60:.0f} CPU-min)",
@@ -134,9 +135,16 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
             f"ratio ||J_step - I||_2 < 1 at {100 * meta['fraction_bijectivity_ratio_below_1']:.1f} % of them; "
             f"symmetric part of J_step positive definite (monotone) at {100 * meta['fraction_monotone']:.1f} %)",
             f"- total {total:.0f} s; samples with weights in `samples.npz`", ""]
+    report = _write_outputs(out, meta, head, sections)
+    return QuickstartResult(out, report, n, m, t_sampling, t_weights, bad)
+
+
+def _write_outputs(out: Path, meta: dict, head: list[str], sections: list[str]) -> Path:
+    """quickstart.json (the run's figures) and report.md (the head lines, then each comparison)."""
+    (out / "quickstart.json").write_text(json.dumps(meta, indent=2))
     report = out / "report.md"
     report.write_text("\n".join(head) + "\n" + "\n".join(sections))
-    return QuickstartResult(out, report, n, m, t_sampling, t_weights, bad)
+    return report
 
 
 def _comparisons(sample, target, out: Path) -> list[str]:
@@ -173,7 +181,6 @@ def _run_internal(checkpoint: Path, ckpt: dict, out: Path, n: int, seed: int, de
         raise ValueError(f"{checkpoint}: quickstart runs alanine dipeptide; this checkpoint is for {target.name!r}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    import sys
     with tqdm(total=n, disable=not progress, desc="one-step samples with exact weights", unit="sample",
               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
         d = sampler.draw(n, torch.Generator().manual_seed(seed), progress=bar)
@@ -192,7 +199,6 @@ def _run_internal(checkpoint: Path, ckpt: dict, out: Path, n: int, seed: int, de
     sections = _comparisons(sample, target, out)
     total = time.perf_counter() - t_start
     meta["seconds_total"] = total
-    (out / "quickstart.json").write_text(json.dumps(meta, indent=2))
     e = ess(log_w, n_boot=0).value
     head = [f"# molsample quickstart: alanine dipeptide in one step (internal coordinates)", "",
             f"- checkpoint: `{checkpoint.name}` (structured base fitted in {st.get('base_fit_cpu_seconds', 0):.0f} "
@@ -201,6 +207,5 @@ def _run_internal(checkpoint: Path, ckpt: dict, out: Path, n: int, seed: int, de
             f"{t_draw:.1f} s ({1000 * t_draw / n:.2f} ms per sample); Kish ESS {e:.4f} ({e * n:.0f} effective "
             f"samples); det <= 0 at {bad} samples; {meta['out_of_domain']} outside the domain (weight 0)",
             f"- total {total:.0f} s; samples with weights in `samples.npz`", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(head) + "\n" + "\n".join(sections))
+    report = _write_outputs(out, meta, head, sections)
     return QuickstartResult(out, report, n, n, t_draw, t_draw, bad)

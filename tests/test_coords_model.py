@@ -123,3 +123,19 @@ def test_the_shipped_internal_model_loads_and_draws_valid_weights():
     assert np.isfinite(lw).all()
     w = np.exp(lw - lw.max())
     assert w.sum() ** 2 / (w ** 2).sum() / len(w) > 0.1       # 0.30 on 100,000 draws; a broken model gives ~0
+
+
+def test_quickstart_with_an_internal_checkpoint_weights_every_sample(tmp_path):
+    cfg = _config(tmp_path, iterations=2)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--checkpoint", str(tmp_path / "r" / "checkpoint.pt"), "--out", str(out),
+                 "--n", "300", "--quiet"]) == 0
+    meta = json.loads((out / "quickstart.json").read_text())
+    assert meta["route"] == "internal" and meta["n"] == 300 and meta["n_nonpositive_det"] == 0
+    with np.load(out / "samples.npz") as z:
+        assert z["x"].shape == (300, 22, 3) and np.isfinite(z["log_w"]).all()
+    report = (out / "report.md").read_text()
+    assert "every one with its exact importance weight" in report and "vs_reference/" in report
+    ref = json.loads((out / "vs_reference" / "metrics.json").read_text())["reference"]
+    assert ref["kind"] == "umbrella"

@@ -24,18 +24,23 @@ ANGLE_BINS = 36                     # 10-degree bins on [-pi, pi) for every KL
 MIN_INDEPENDENT_IN_STATE = 50      # below this an MD population gets no estimate ("not sampled")
 
 
-def _segment_inefficiencies(indicator: np.ndarray, segments: list[int]):
+def _md_stats(indicator: np.ndarray, segments: list[int]) -> tuple[float, float, float]:
+    """Mean of an indicator over MD replicas, its error from each replica's statistical inefficiency g
+    (pymbar), and the independent samples inside its rarer side: sum over replicas of (frames there) / g."""
     from pymbar import timeseries
+    n_eff, n_in = 0.0, 0.0
     for seg in np.split(indicator.astype(float), np.cumsum(segments)[:-1]):
         g = timeseries.statistical_inefficiency(seg) if np.ptp(seg) > 0 else float(len(seg))
-        yield seg, g
+        n_eff += len(seg) / g
+        inside = float(seg.sum())
+        n_in += min(inside, len(seg) - inside) / g
+    p = float(indicator.mean())
+    return p, math.sqrt(max(p * (1 - p), 0.0) / max(n_eff, 1.0)), n_in
 
 
 def _md_fraction(indicator: np.ndarray, segments: list[int]) -> tuple[float, float]:
     """Mean of an indicator over MD replicas, with the error from each replica's statistical inefficiency."""
-    p = float(indicator.mean())
-    n_eff = sum(len(seg) / g for seg, g in _segment_inefficiencies(indicator, segments))
-    return p, math.sqrt(max(p * (1 - p), 0.0) / max(n_eff, 1.0))
+    return _md_stats(indicator, segments)[:2]
 
 
 def md_independent_in_state(indicator: np.ndarray, segments: list[int]) -> float:
@@ -44,11 +49,7 @@ def md_independent_in_state(indicator: np.ndarray, segments: list[int]) -> float
     A population that plain MD reaches only through a handful of independent visits has no meaningful
     error bar (the run cannot tell how much of the state it never entered), so `compare` reports such a
     state as not sampled instead of a number."""
-    total = 0.0
-    for seg, g in _segment_inefficiencies(indicator, segments):
-        inside = float(seg.sum())
-        total += min(inside, len(seg) - inside) / g
-    return total
+    return _md_stats(indicator, segments)[2]
 
 
 def _weighted_fraction(indicator, log_w, n_boot=200, seed=0) -> tuple[float, float]:
@@ -91,12 +92,10 @@ def state_estimates(ens: Ensemble, use_weights: bool = True) -> dict:
     For MD, a state with fewer than MIN_INDEPENDENT_IN_STATE independent samples is reported as not
     sampled (value None) rather than as a population with an error bar."""
     def estimate(indicator):
-        p, dp = fraction(ens, indicator, use_weights)
-        if ens.correlated:
-            n_in = md_independent_in_state(indicator, ens.segments)
-            if n_in < MIN_INDEPENDENT_IN_STATE:
-                return p, dp, _not_sampled(n_in)
-        return p, dp, None
+        if not ens.correlated:
+            return (*fraction(ens, indicator, use_weights), None)
+        p, dp, n_in = _md_stats(indicator, ens.segments)              # one pass of g per replica
+        return p, dp, _not_sampled(n_in) if n_in < MIN_INDEPENDENT_IN_STATE else None
 
     ind = basin_indicators(ens.phi, ens.psi)
     out = {"basins": {}}

@@ -99,8 +99,8 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
     carrying an equal share of the weight; ``n_frames`` conformations drawn from all runs with
     probability proportional to w^frames_power, stored with log weights (1 - frames_power) log w so that
     the weighted frames are Boltzmann-distributed (frames_power 1: equal-weight frames; below 1 they
-    cover rare states more often, which a proposal fitted to them needs); and ``estimates``: the runs' figures combined (their mean), with each run's
-    own figures (``estimates['runs']``)."""
+    cover rare states more often, which a proposal fitted to them needs); and ``estimates``: the runs'
+    figures combined (their mean), with each run's own figures (``estimates['runs']``)."""
     if kind not in REFERENCE_KINDS:
         raise ValueError(f"unknown reference kind {kind!r}; use one of {REFERENCE_KINDS}")
     files = [Path(f) for f in files]

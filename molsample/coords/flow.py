@@ -144,8 +144,7 @@ class OneStepSampler:
         ok = torch.isfinite(u) & torch.isfinite(d["log_q"])
         lw = (-u - d["log_q"])[ok]
         chi = torch.logsumexp(2 * lw, 0) - 2 * torch.logsumexp(lw, 0) + math.log(max(int(ok.sum()), 1))
-        loss = chi if kind == "ess" else (torch.where(u > energy_cap, energy_cap + torch.log1p(
-            torch.clamp(u - energy_cap, min=0)), u)[ok] + d["log_q"][ok]).mean() + mix * chi
+        loss = chi if kind == "ess" else (_capped(u, energy_cap) + d["log_q"])[ok].mean() + mix * chi
         with torch.no_grad():
             kish = float(torch.exp(-chi)) * int(ok.sum()) / n
         return loss, {"loss": float(loss.detach()), "batch_ess": kish, "left_out": int((~ok).sum()),
@@ -158,11 +157,15 @@ class OneStepSampler:
         d = self.draw(n, generator)
         u = self.target.energy(d["y"])
         ok = torch.isfinite(u) & torch.isfinite(d["log_q"])
-        u_c = torch.where(u > energy_cap, energy_cap + torch.log1p(torch.clamp(u - energy_cap, min=0)), u)
-        loss = (u_c + d["log_q"])[ok].mean()
+        loss = (_capped(u, energy_cap) + d["log_q"])[ok].mean()
         with torch.no_grad():
             lw = torch.where(ok, -u - d["log_q"], torch.full_like(u, -math.inf))
             w = torch.exp(lw - lw.max())
             kish = float(w.sum() ** 2 / (w ** 2).sum() / n)
         return loss, {"loss": float(loss.detach()), "batch_ess": kish, "left_out": int((~ok).sum()),
                       "gate": float(torch.tanh(self.flow.gate.detach()))}
+
+
+def _capped(u: torch.Tensor, cap: float) -> torch.Tensor:
+    """Energies above ``cap`` enter as cap + log(1 + u - cap): the loss stays finite and keeps a gradient."""
+    return torch.where(u > cap, cap + torch.log1p(torch.clamp(u - cap, min=0)), u)

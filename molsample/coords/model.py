@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, check_ranges, from_dict, load_yaml
+from ..config import ConfigError, apply_overrides, check_ranges, from_dict, load_yaml
+from ..io import INTERNAL_FORMAT as FORMAT
 from .base import StructuredBase, TorusHistogram
 from .flow import LipschitzResidualMap, OneStepSampler
 from .target import InternalCoordinateTarget
 from .transform import InternalCoordinates
 
-FORMAT = "molsample-internal-1"
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -114,18 +114,8 @@ class ICExperimentConfig:
 
     @classmethod
     def load(cls, path, overrides: typing.Sequence[str] = ()) -> "ICExperimentConfig":
-        data = load_yaml(path)
-        for item in overrides:                      # --set section.key=value (YAML value)
-            import yaml
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {item!r}: expected section.key=value")
-            *sections, last = key.split(".")
-            node = data
-            for s in sections:
-                node = node.setdefault(s, {})
-            node[last] = yaml.safe_load(value)
-        return from_dict(cls, data, str(path))
+        """Read a config YAML with ``section.key=value`` overrides (as :meth:`ExperimentConfig.load`)."""
+        return from_dict(cls, apply_overrides(load_yaml(path), overrides), str(path))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -248,12 +238,6 @@ def is_internal_checkpoint(ckpt: dict) -> bool:
 
 # ------------------------------------------------------------------------------------------ training
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def evaluate(sampler: InternalSampler, n: int, seed: int = 12345) -> dict:
     """Kish ESS of n fresh draws (a fixed seed, never a training batch), det <= 0 and out-of-domain counts."""
     from ..estimate import ess
@@ -273,6 +257,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
 
     from ..io import read_checkpoint
     from ..runtime import Interrupted, RunLock, stop_on_signal
+    from ..train import atomic_save
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CHECKPOINT
@@ -310,7 +295,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
 
         def save():
             st["target_iterations"] = target_its
-            _atomic_save({"format": FORMAT, "config": cfg.to_dict(), "system": cfg.target, "model": sampler.state(),
+            atomic_save({"format": FORMAT, "config": cfg.to_dict(), "system": cfg.target, "model": sampler.state(),
                           "optimizer": opt.state_dict(), "state": dict(st), "rng": gen.get_state(),
                           "torch_version": str(torch.__version__)}, path)
 
