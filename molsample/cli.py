@@ -242,8 +242,10 @@ def _sample_internal(args, ckpt: dict, out: Path) -> int:
     from tqdm import tqdm
 
     from .coords.model import load_internal_checkpoint
-    if args.steps not in (1, [1.0]):
-        raise ValueError(f"--steps: an internal-coordinate model takes one step per sample (got {args.steps!r})")
+    if args.steps == [1.0]:
+        args.steps = 1
+    if not isinstance(args.steps, int):
+        raise ValueError(f"--steps {args.steps!r}: an internal-coordinate model takes K equal steps (an integer)")
     if args.weights != "exact":
         raise ValueError(f"--weights {args.weights}: an internal-coordinate model has exact weights only")
     if args.qmc:
@@ -251,14 +253,18 @@ def _sample_internal(args, ckpt: dict, out: Path) -> int:
     if args.device != "cpu":
         raise ValueError(f"--device {args.device}: the internal-coordinate sampler runs on the CPU for now")
     sampler, ckpt = load_internal_checkpoint(args.checkpoint, ckpt)
+    if args.steps != 1 and not sampler.flow.step_conditioned:
+        raise ValueError(f"--steps {args.steps}: this internal-coordinate model is a single step (trained without "
+                         "map.step_conditioned), so only --steps 1 is defined")
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     with tqdm(total=args.n, desc="sample", disable=not sys.stderr.isatty(), unit=" conf") as bar:
-        d = sampler.draw(args.n, gen, chunk=args.batch_size, progress=bar)
+        d = sampler.draw(args.n, gen, chunk=args.batch_size, progress=bar, steps=args.steps)
     seconds = time.perf_counter() - t0
     x = d["x"].numpy()
     n_bad = int((d["sign"] <= 0).sum())
-    meta = {"system": sampler.cartesian.name, "checkpoint": str(args.checkpoint), "route": "internal", "steps": 1,
+    meta = {"system": sampler.cartesian.name, "checkpoint": str(args.checkpoint), "route": "internal",
+            "steps": args.steps,
             "weights": "exact", "n": args.n, "seed": args.seed, "seconds": seconds, "n_nonpositive_det": n_bad,
             "out_of_domain": int(d["out_of_domain"]), "frame": "canonical (Z-matrix root at the origin)",
             "training_iterations": ckpt["state"]["iteration"], "training_cpu_seconds": ckpt["state"]["cpu_seconds"],
@@ -268,7 +274,8 @@ def _sample_internal(args, ckpt: dict, out: Path) -> int:
     if args.traj:
         _write_traj(args.traj, x, sampler.cartesian.topology)
     from .estimate import ess
-    print(f"wrote {args.n} samples (one step, exact weights, {seconds:.1f} s) to {out}; Kish ESS "
+    how = "one step" if args.steps == 1 else f"{args.steps} steps"
+    print(f"wrote {args.n} samples ({how}, exact weights, {seconds:.1f} s) to {out}; Kish ESS "
           f"{ess(log_w, n_boot=0).value:.4f}; det <= 0 at {n_bad}, outside the domain {meta['out_of_domain']}")
     return 0
 

@@ -601,6 +601,15 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
                         "round_trips_per_replica": trips.tolist(), "round_trips": int(trips.sum())},
            "mean_energy_per_temperature_kj_per_mol": energy.mean(axis=0).tolist()}
     observables, slow = {}, []
+    per_residue = {}
+    if topology is not None and topology.n_residues > 2:
+        traj = mdtraj.Trajectory(xyz.reshape(-1, *xyz.shape[2:]), topology)
+        phi_atoms, phi_all = mdtraj.compute_phi(traj)
+        if phi_all.shape[1] > 1:          # a peptide with several residues: each one's phi > 0 state
+            for j in range(phi_all.shape[1]):
+                name = str(topology.atom(int(phi_atoms[j][1])).residue)
+                per_residue[name] = f"phi_positive:{name}"
+                observables[per_residue[name]] = phi_positive(phi_all[:, j].reshape(n_it, n_states))
     if "phi" in dih:
         phi, psi = dih["phi"], dih["psi"]
         arrays.update(phi=phi.astype(np.float32), psi=psi.astype(np.float32))
@@ -630,6 +639,10 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
                 "dF_phi_positive_minus_negative_kT": _with_dF(plain),
                 "basins": {name: _plain_estimate(observables[f"basin:{name}"][:, k]) for name in BASINS}}
             res["phi_positive_inefficiency"] = inefficiency_report(series, frame_ps)
+    if per_residue:
+        res["per_residue_phi_positive"] = {
+            name: {"p_phi_positive": _public(obs[key]), "dF_phi_positive_minus_negative_kT": _with_dF(obs[key])}
+            for name, key in per_residue.items()}
     if len(at):
         k = int(at[0])
         stride = max(1, n_it // 5000)

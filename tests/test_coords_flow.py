@@ -108,3 +108,55 @@ def test_closed_form_jacobian_equals_forward_mode_autodiff(sampler, layers):
     z, _ = sampler.latent(20, torch.Generator().manual_seed(7))
     ref = torch.func.vmap(torch.func.jacfwd(lambda zi: flow.velocity(zi, w)))(z)
     assert torch.allclose(flow.jacobian(z, w), ref, atol=1e-12, rtol=0)
+
+
+def _opened_conditioned(sampler, seed=5):
+    flow = LipschitzResidualMap(sampler.flow.k, sampler.flow.m, hidden=24, step_conditioned=True,
+                                generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        flow.gate.fill_(2.0)
+        for b in flow.biases:
+            b.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed + 1))
+    return flow
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_the_k_step_map_density_is_the_change_of_variables_of_the_whole_chain(sampler, steps):
+    """K steps of a step-conditioned map: log q of each draw equals log p_base(z0) - log|det| of the
+    composite map by autograd (the base's constant Jacobian aside), and every step's det is positive."""
+    flow = _opened_conditioned(sampler)
+    chain = OneStepSampler(sampler.base, sampler.target, flow)
+    z0, log_p = chain.latent(5, torch.Generator().manual_seed(3))
+    z1, log_det, sign = chain.run(z0, steps=steps)
+    assert (sign > 0).all()
+
+    def composite(v):
+        z = v[None]
+        for i in range(steps):
+            z = flow.step(z, None, i / steps, 1.0 / steps)
+        return z[0]
+    for zi, ld in zip(z0, log_det):
+        s, la = torch.linalg.slogdet(torch.autograd.functional.jacobian(composite, zi))
+        assert s > 0 and abs(float(la) - float(ld)) < 1e-9
+    # the time inputs matter: the same map at another (t, d) is another step
+    w = flow.normalised()
+    assert not torch.allclose(flow.velocity(z0, w, 0.0, 1.0), flow.velocity(z0, w, 0.5, 0.5))
+
+
+def test_self_consistency_vanishes_at_the_identity_and_not_for_an_opened_map(sampler):
+    flow = LipschitzResidualMap(sampler.flow.k, sampler.flow.m, hidden=24, step_conditioned=True,
+                                generator=torch.Generator().manual_seed(1))
+    at_identity = OneStepSampler(sampler.base, sampler.target, flow)
+    loss, logs = at_identity.self_consistency(64, torch.Generator().manual_seed(0), (1, 2, 4))
+    assert float(loss) == 0.0 and logs["sc_steps"] in (2, 4)
+    opened = OneStepSampler(sampler.base, sampler.target, _opened_conditioned(sampler))
+    loss, _ = opened.self_consistency(64, torch.Generator().manual_seed(0), (1, 2, 4))
+    assert float(loss) > 1e-6
+    loss.backward()
+    assert opened.flow.gate.grad is not None and opened.flow.gate.grad != 0
+
+
+def test_a_single_step_map_refuses_more_steps(sampler):
+    z0, _ = sampler.latent(4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="not step-conditioned"):
+        sampler.run(z0, steps=2)

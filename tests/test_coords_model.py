@@ -59,6 +59,30 @@ def test_train_resume_sample_and_independent_weights(tmp_path, capsys):
     assert np.all(chirality_signs(d["x"], target.topology) > 0)
     import mdtraj
     assert mdtraj.load(str(traj)).n_frames == 300
+    # a single-step model has no K = 2: a one-line error, nothing written
+    capsys.readouterr()
+    assert main(["sample", str(out / "checkpoint.pt"), "--n", "10", "--steps", "2", "--out",
+                 str(tmp_path / "k2.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "single step" in err and "Traceback" not in err and not (tmp_path / "k2.npz").exists()
+
+
+def test_a_step_conditioned_model_trains_and_samples_k_steps(tmp_path):
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text(json.dumps({"route": "internal", "target": "aldp", "data": {"paths": [str(MD)]},
+                               "map": {"hidden": 16, "step_conditioned": True},
+                               "train": {"iterations": 4, "batch": 16, "eval_every": 4, "eval_samples": 50,
+                                         "checkpoint_every": 2, "steps": [1, 2, 4], "self_consistency": 1.0}}))
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(r["steps"] in (1, 2, 4) and np.isfinite(r["sc_loss"]) for r in rows)
+    assert {"eval_ess", "eval_ess_K2", "eval_ess_K4"} <= set(rows[-1])
+    assert main(["sample", str(out / "checkpoint.pt"), "--n", "64", "--steps", "4", "--seed", "1",
+                 "--out", str(tmp_path / "k4.npz")]) == 0
+    d = np.load(tmp_path / "k4.npz")
+    meta = json.loads(str(d["meta"]))
+    assert meta["steps"] == 4 and meta["n_nonpositive_det"] == 0 and np.isfinite(d["log_w"]).mean() > 0.9
 
 
 def test_base_alone_log_q_is_the_base_density_of_the_conformation(tmp_path):
@@ -79,6 +103,9 @@ def test_base_alone_log_q_is_the_base_density_of_the_conformation(tmp_path):
     ({"data": {"paths": []}}, "data.paths"),
     ({"extra": 1}, "unknown key"),
     ({"target": "lj13"}, "no bond graph"),
+    ({"train": {"steps": [1, 2]}}, "step-conditioned"),
+    ({"train": {"self_consistency": 1.0}}, "needs a step count"),
+    ({"base": {"refine_min_ess": 2.0}}, "base.refine_min_ess"),
 ])
 def test_bad_internal_configs_exit_2_with_one_line(tmp_path, capsys, edit, expect):
     base = {"route": "internal", "target": "aldp", "data": {"paths": [str(MD)]}, "train": {"iterations": 1}}
@@ -139,3 +166,41 @@ def test_quickstart_with_an_internal_checkpoint_weights_every_sample(tmp_path):
     assert "every one with its exact importance weight" in report and "vs_reference/" in report
     ref = json.loads((out / "vs_reference" / "metrics.json").read_text())["reference"]
     assert ref["kind"] == "umbrella"
+
+
+def test_refining_the_base_on_its_own_weighted_draws_raises_its_ess():
+    """The base fitted to the umbrella frames as drawn (flattened over phi) proposes alpha_L far too
+    often; refitting it to its own draws weighted by exp(-u)/q moves it towards the force field's
+    distribution, which fresh draws (another seed) measure as a higher Kish ESS."""
+    from molsample.coords.model import ICBaseConfig, InternalCoordinateTarget, refine_base
+    from molsample.coords.base import StructuredBase
+    from molsample.coords.transform import InternalCoordinates
+    from molsample.data import load_frames
+    from molsample.estimate import ess
+    target = load_target("aldp")
+    ic = InternalCoordinates(target.topology)
+    x, _ = load_frames(ROOT / "systems/aldp/reference/aldp_umbrella_2d_30x18.npz", target)
+    bc = ICBaseConfig(refine_rounds=1, refine_samples=50000)
+    base = StructuredBase.fit(ic, x, None, target.topology, **bc.fit_kwargs())
+    ict = InternalCoordinateTarget(target, ic=ic)
+    refined, log = refine_base(base, ict, bc, torch.Generator().manual_seed(0))
+
+    def fresh_ess(b):
+        y, log_q = b.sample(10000, torch.Generator().manual_seed(1))
+        return ess(ict.log_weights(y, log_q).numpy(), n_boot=0).value
+
+    before, after = fresh_ess(base), fresh_ess(refined)
+    assert len(log) == 1 and log[0]["draws"] == 50000 and abs(log[0]["ess_before"] - before) < 0.1
+    assert after > before + 0.05, (before, after)
+
+
+def test_the_tempering_exponent_keeps_the_asked_ess():
+    """beta is the largest exponent whose weights w^beta have Kish ESS >= min_ess (1 when w itself has)."""
+    from molsample.coords.model import _tempering_exponent
+    from molsample.estimate import ess
+    lw = np.random.default_rng(0).normal(0, 4.0, 5000)            # ESS of w itself ~ exp(-16)
+    beta = _tempering_exponent(lw, 100, 0.2)
+    zero = np.full(100, -np.inf)
+    assert 0 < beta < 1
+    assert ess(np.concatenate([beta * lw, zero]), n_boot=0).value == pytest.approx(0.2, abs=2e-3)
+    assert ess(np.concatenate([1.05 * beta * lw, zero]), n_boot=0).value < 0.2

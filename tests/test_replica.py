@@ -236,3 +236,29 @@ def test_repeated_kills_at_random_moments_including_setup_and_snapshots(tmp_path
     assert len(np.unique(final["energy_kj_per_mol"], axis=0)) == 600
     if seen is not None:
         assert np.array_equal(final["energy_kj_per_mol"][:len(seen)], seen)
+
+
+def test_a_peptide_with_several_residues_gets_each_residues_phi_positive_state(tmp_path):
+    """ala3 (three alanines): one MBAR estimate per residue, whose first equals the (phi, psi) pair that
+    every other figure uses, and the per-residue indicators match mdtraj's phi of the stored conformations."""
+    import mdtraj
+    from molsample.replica import analyse_run
+    settings = PTSettings(system="ala3", ns=0.006, temperatures=(300.0, 400.0), exchange_ps=0.5,
+                          equilibration_ps=0.5, checkpoint_every=4)
+    work = tmp_path / "ala3.pt"
+    target = load_target("ala3")
+    run_pt_system(target.openmm_system()[0], target.positions, settings, work, show_progress=False)
+    res, arrays = analyse_run(work, target, n_boot=5)
+    per = res["per_residue_phi_positive"]
+    assert list(per) == ["ALA2", "ALA3", "ALA4"]
+    first = per["ALA2"]["p_phi_positive"]
+    assert first["value"] == pytest.approx(res["p_phi_positive"]["value"], abs=1e-12)
+    d = read_storage(work)
+    xyz = d["positions"][np.arange(len(d["iterations"]))[:, None], d["replica"]]
+    _, phi = mdtraj.compute_phi(mdtraj.Trajectory(xyz.reshape(-1, *xyz.shape[2:]), target.topology))
+    assert phi.shape[1] == 3
+    for j, name in enumerate(per):
+        p = per[name]["p_phi_positive"]["value"]
+        assert 0.0 <= p <= 1.0
+        if ((phi[:, j] > 0) == 0).all():          # never visited: the estimate is exactly zero
+            assert p == 0.0

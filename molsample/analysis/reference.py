@@ -54,7 +54,23 @@ def combine_estimates(runs: list[dict]) -> dict:
                                                           "stderr": _run_se(r["dF_phi_positive_minus_negative_kT"])},
                     "basins": {n: {"value": b["value"], "stderr": _run_se(b)} for n, b in r["basins"].items()}}
                    for r in runs]
+    if all("per_residue_phi_positive" in r for r in runs):      # peptides with several residues
+        out["per_residue_phi_positive"] = {}
+        for name in runs[0]["per_residue_phi_positive"]:
+            per = [r["per_residue_phi_positive"][name]["p_phi_positive"] for r in runs]
+            p = _combine(per)
+            out["per_residue_phi_positive"][name] = {
+                "p_phi_positive": p, "dF_phi_positive_minus_negative_kT": _dF_of_population(p),
+                "runs": [{"value": float(e["value"]), "stderr": _run_se(e)} for e in per]}
     return out
+
+
+def _dF_of_population(p: dict) -> dict:
+    """dF = -log(p / (1 - p)) of a combined population, its error by the delta method (inf where p = 0)."""
+    v, se = float(p["value"]), float(p["stderr"])
+    if not 0 < v < 1:
+        return {"value": math.inf if v <= 0 else -math.inf, "stderr": math.nan}
+    return {"value": -math.log(v / (1 - v)), "stderr": se / (v * (1 - v))}
 
 
 def load_umbrella_run(file: Path, stride: int = 1) -> dict:

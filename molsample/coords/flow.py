@@ -38,12 +38,16 @@ class LipschitzResidualMap(nn.Module):
     """
 
     def __init__(self, n_torsions: int, n_linear: int, hidden: int = 128, layers: int = 2, lipschitz: float = 0.9,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, step_conditioned: bool = False):
         super().__init__()
         if not 0 < lipschitz < 1:
             raise ValueError(f"lipschitz = {lipschitz}: must lie in (0, 1) for the step to be a bijection")
         self.k, self.m, self.lipschitz = n_torsions, n_linear, lipschitz
-        sizes = [2 * n_torsions + n_linear] + [hidden] * layers + [n_torsions + n_linear]
+        # a step-conditioned drift v(z, t, d) also sees the step's start time t and size d (two more inputs;
+        # they do not enter dv/dz, so the Lipschitz bound in z is unchanged)
+        self.step_conditioned = step_conditioned
+        n_in = 2 * n_torsions + n_linear + (2 if step_conditioned else 0)
+        sizes = [n_in] + [hidden] * layers + [n_torsions + n_linear]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for a, b in zip(sizes[:-1], sizes[1:]):
@@ -56,36 +60,45 @@ class LipschitzResidualMap(nn.Module):
         """Each weight divided by max(1, its exact spectral norm): every layer 1-Lipschitz."""
         return [w / torch.clamp(torch.linalg.matrix_norm(w, ord=2), min=1.0) for w in self.weights]
 
-    def velocity(self, z: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-        """v(z) for z (..., k + m) with pre-normalised weights (vmap-friendly)."""
+    def _features(self, z: torch.Tensor, t: float, d: float) -> torch.Tensor:
         s, eps = z[..., : self.k], z[..., self.k:]
-        h = torch.cat([torch.cos(s), torch.sin(s), eps], dim=-1)
+        parts = [torch.cos(s), torch.sin(s), eps]
+        if self.step_conditioned:
+            parts.append(torch.tensor([t, d], dtype=z.dtype, device=z.device).expand(*z.shape[:-1], 2))
+        return torch.cat(parts, dim=-1)
+
+    def velocity(self, z: torch.Tensor, weights: list[torch.Tensor], t: float = 0.0, d: float = 1.0) -> torch.Tensor:
+        """v(z; t, d) for z (..., k + m) with pre-normalised weights (vmap-friendly); t and d are seen only
+        by a step-conditioned map."""
+        h = self._features(z, t, d)
         for i, (w, b) in enumerate(zip(weights, self.biases)):
             h = h @ w.T + b
             if i < len(weights) - 1:
                 h = torch.tanh(h)
         return self.lipschitz * torch.tanh(self.gate) * h
 
-    def step(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """z' = z + v(z), torsions wrapped."""
+    def step(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None, t: float = 0.0,
+             d: float = 1.0) -> torch.Tensor:
+        """z' = z + d v(z; t, d), torsions wrapped (d <= 1 keeps the step a bijection)."""
         weights = self.normalised() if weights is None else weights
-        out = z + self.velocity(z, weights)
+        out = z + d * self.velocity(z, weights, t, d)
         return torch.cat([wrap(out[..., : self.k]), out[..., self.k:]], dim=-1)
 
-    def jacobian(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """dv/dz (B, D, D), D = k + m, by the chain rule through the layers in closed form: the
+    def jacobian(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None, t: float = 0.0,
+                 d: float = 1.0) -> torch.Tensor:
+        """d(d v)/dz (B, D, D), D = k + m, by the chain rule through the layers in closed form: the
         features' Jacobian (-sin s, cos s on the torsions, I on eps) times each weight matrix and
         each tanh' in turn (one batched matrix product per layer, no per-column passes)."""
         weights = self.normalised() if weights is None else weights
-        k = self.k
-        s, eps = z[..., :k], z[..., k:]
-        h = torch.cat([torch.cos(s), torch.sin(s), eps], dim=-1)
+        k, m = self.k, self.m
+        s = z[..., :k]
+        h = self._features(z, t, d)
         w0 = weights[0]
         n = z.shape[0]
         # the transposed Jacobian (B, D, width), so that every layer is one large matrix product;
         # first layer: (d feat / dz)^T W^T without forming the sparse feature Jacobian
         jt = torch.cat([(-torch.sin(s))[:, :, None] * w0[:, :k].T + torch.cos(s)[:, :, None] * w0[:, k:2 * k].T,
-                        w0[:, 2 * k:].T.expand(n, -1, -1)], dim=1)
+                        w0[:, 2 * k:2 * k + m].T.expand(n, -1, -1)], dim=1)
         h = h @ w0.T + self.biases[0]
         for w, b in zip(weights[1:], self.biases[1:]):
             a = torch.tanh(h)
@@ -93,11 +106,12 @@ class LipschitzResidualMap(nn.Module):
             jt = jt.reshape(n, -1, w.shape[0])
             h = a @ w.T + b
         jac = jt.transpose(1, 2)
-        return self.lipschitz * torch.tanh(self.gate) * jac
+        return d * self.lipschitz * torch.tanh(self.gate) * jac
 
-    def log_det(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log|det(I + dv/dz)| (B,), sign of det (B,)) from the full (k + m) x (k + m) Jacobian."""
-        jac = self.jacobian(z, weights)
+    def log_det(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None, t: float = 0.0,
+                d: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log|det(I + d dv/dz)| (B,), sign of det (B,)) from the full (k + m) x (k + m) Jacobian."""
+        jac = self.jacobian(z, weights, t, d)
         eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
         sign, logabs = torch.linalg.slogdet(eye + jac)
         return logabs, sign
@@ -114,15 +128,29 @@ class OneStepSampler:
         """n base draws z = (s, eps) and log p(z) (no log det L)."""
         return self.base.sample_latent(n, generator)
 
-    def draw(self, n: int, generator: torch.Generator, weights=None, with_log_det: bool = True):
-        """n samples: dict with y, log_q (of y), log_w, sign (of the step's det), and z0, z1."""
-        z0, log_p = self.latent(n, generator)
+    def run(self, z0: torch.Tensor, weights=None, steps: int = 1, with_log_det: bool = True):
+        """z0 -> z_K by K = ``steps`` steps of size 1/K (a step-conditioned map; K = 1 for any map), with the
+        summed log|det| and the product of the steps' det signs (> 0 only if every step's det is)."""
+        if steps != 1 and not self.flow.step_conditioned:
+            raise ValueError(f"{steps} steps: this map is not step-conditioned (map.step_conditioned: false), so "
+                             "only its one step is defined")
         weights = self.flow.normalised() if weights is None else weights
-        z1 = self.flow.step(z0, weights)
-        if with_log_det:
-            log_det, sign = self.flow.log_det(z0, weights)
-        else:
-            log_det, sign = torch.zeros(n, dtype=z0.dtype), torch.ones(n, dtype=z0.dtype)
+        n = z0.shape[0]
+        log_det, sign = torch.zeros(n, dtype=z0.dtype), torch.ones(n, dtype=z0.dtype)
+        z, d = z0, 1.0 / steps
+        for i in range(steps):
+            t = i * d
+            if with_log_det:
+                ld, sg = self.flow.log_det(z, weights, t, d)
+                log_det = log_det + ld
+                sign = torch.where((sign > 0) & (sg > 0), sign, -torch.ones_like(sign))
+            z = self.flow.step(z, weights, t, d)
+        return z, log_det, sign
+
+    def draw(self, n: int, generator: torch.Generator, weights=None, with_log_det: bool = True, steps: int = 1):
+        """n samples: dict with y, log_q (of y), log_w, sign (of the map's det), and z0, z1."""
+        z0, log_p = self.latent(n, generator)
+        z1, log_det, sign = self.run(z0, weights, steps, with_log_det)
         y, ok = self.base.from_latent(z1)
         log_q = log_p - log_det - self.base.log_det_chol
         log_q = torch.where(ok & (sign > 0), log_q, torch.full_like(log_q, -math.inf))
@@ -132,14 +160,15 @@ class OneStepSampler:
         return self.target.log_weights(sample["y"], sample["log_q"])
 
     def objective(self, kind: str, n: int, generator: torch.Generator, energy_cap: float = 1e4,
-                  mix: float = 0.0) -> tuple[torch.Tensor, dict]:
+                  mix: float = 0.0, steps: int = 1) -> tuple[torch.Tensor, dict]:
         """The training loss of the one-step map on n base draws: ``kl`` (reverse KL), ``ess`` (minus the
         log of the batch's Kish ESS, log E[w^2] - 2 log E[w], the chi^2 divergence's log: it weighs the
         tails that set the ESS of a large sample, which the mode-seeking reverse KL neglects), or
-        ``kl+ess`` (reverse KL plus ``mix`` times the ESS loss). Draws outside the domain are left out."""
+        ``kl+ess`` (reverse KL plus ``mix`` times the ESS loss), of the K = ``steps`` map. Draws outside the
+        domain are left out."""
         if kind == "kl":
-            return self.reverse_kl(n, generator, energy_cap)
-        d = self.draw(n, generator)
+            return self.reverse_kl(n, generator, energy_cap, steps)
+        d = self.draw(n, generator, steps=steps)
         u = self.target.energy(d["y"])
         ok = torch.isfinite(u) & torch.isfinite(d["log_q"])
         lw = (-u - d["log_q"])[ok]
@@ -150,11 +179,32 @@ class OneStepSampler:
         return loss, {"loss": float(loss.detach()), "batch_ess": kish, "left_out": int((~ok).sum()),
                       "gate": float(torch.tanh(self.flow.gate.detach()))}
 
-    def reverse_kl(self, n: int, generator: torch.Generator, energy_cap: float = 1e4) -> tuple[torch.Tensor, dict]:
+    def self_consistency(self, n: int, generator: torch.Generator, steps: tuple[int, ...]) -> tuple[torch.Tensor, dict]:
+        """One step of size 2d must land where two steps of size d do (the second held fixed, no gradient),
+        from the state the K-step map reaches at time t: K drawn from ``steps`` (K >= 2, d = 1/K), t = i d
+        with i uniform in 0 .. K - 2. Torsion differences are taken on the circle. Returns (loss, logs)."""
+        fine = [k for k in steps if k >= 2]
+        k = fine[int(torch.randint(len(fine), (1,), generator=generator))]
+        i = int(torch.randint(k - 1, (1,), generator=generator))
+        d = 1.0 / k
+        z, _ = self.latent(n, generator)
+        weights = self.flow.normalised()
+        with torch.no_grad():
+            for j in range(i):
+                z = self.flow.step(z, weights, j * d, d)
+            target = self.flow.step(self.flow.step(z, weights, i * d, d), weights, (i + 1) * d, d)
+        big = self.flow.step(z, weights, i * d, 2 * d)
+        diff = big - target
+        diff = torch.cat([wrap(diff[:, : self.flow.k]), diff[:, self.flow.k:]], dim=1)
+        loss = (diff ** 2).sum(1).mean()
+        return loss, {"sc_loss": float(loss.detach()), "sc_steps": k}
+
+    def reverse_kl(self, n: int, generator: torch.Generator, energy_cap: float = 1e4,
+                   steps: int = 1) -> tuple[torch.Tensor, dict]:
         """The one-step map's reverse KL up to a constant, mean of u_y(y) + log q(y) over n base draws
         (energies above ``energy_cap`` kT enter as cap + log(1 + u - cap); draws outside the domain
         are left out and counted). Returns (loss, logs)."""
-        d = self.draw(n, generator)
+        d = self.draw(n, generator, steps=steps)
         u = self.target.energy(d["y"])
         ok = torch.isfinite(u) & torch.isfinite(d["log_q"])
         loss = (_capped(u, energy_cap) + d["log_q"])[ok].mean()

@@ -65,10 +65,18 @@ class ICBaseConfig:
     floor: float = 0.05
     order: int = 2
     ridge: float = 1.0e-3
+    refine_rounds: int = 0                 # refits of the base to its own draws weighted by exp(-u) / q
+    refine_samples: int = 100000           # draws per refit
+    refine_min_ess: float = 0.0            # refit to w^beta, beta <= 1 the largest whose Kish ESS is at least this
 
     def __post_init__(self):
         check_ranges(self, "base", {"stiff_below": ">=0", "bins_2d": ">=1", "bins_1d": ">=1", "smooth_bins": ">=0",
-                                    "floor": "[0,1]", "order": ">=0", "ridge": ">=0"})
+                                    "floor": "[0,1]", "order": ">=0", "ridge": ">=0", "refine_rounds": ">=0",
+                                    "refine_samples": ">=1", "refine_min_ess": "[0,1]"})
+
+    def fit_kwargs(self) -> dict:
+        return {k: getattr(self, k) for k in ("stiff_below", "bins_2d", "bins_1d", "smooth_bins", "floor", "order",
+                                              "ridge")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +84,7 @@ class ICMapConfig:
     hidden: int = 128
     layers: int = 2
     lipschitz: float = 0.9
+    step_conditioned: bool = False         # v(z; t, d): K steps of size 1/K from one model (train.steps)
 
     def __post_init__(self):
         check_ranges(self, "map", {"hidden": ">=1", "layers": ">=1", "lipschitz": ">0"})
@@ -95,11 +104,17 @@ class ICTrainConfig:
     checkpoint_every: int = 100
     eval_every: int = 500
     eval_samples: int = 4000
+    steps: tuple[int, ...] = (1,)          # K of the loss, one drawn per iteration (K > 1: a step-conditioned map)
+    self_consistency: float = 0.0          # weight of one 2d step = two d steps (needs some K >= 2 in steps)
 
     def __post_init__(self):
         check_ranges(self, "train", {"iterations": ">=0", "ess_weight": ">=0", "batch": ">=1", "lr": ">0", "grad_clip": ">0",
                                      "energy_cap": ">0", "checkpoint_every": ">=1", "eval_every": ">=1",
-                                     "eval_samples": ">=1"})
+                                     "eval_samples": ">=1", "self_consistency": ">=0"})
+        if not self.steps or min(self.steps) < 1:
+            raise ConfigError(f"train.steps: give one or more step counts K >= 1, got {list(self.steps)}")
+        if self.self_consistency > 0 and max(self.steps) < 2:
+            raise ConfigError("train.self_consistency > 0 needs a step count K >= 2 in train.steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +131,11 @@ class ICExperimentConfig:
     def load(cls, path, overrides: typing.Sequence[str] = ()) -> "ICExperimentConfig":
         """Read a config YAML with ``section.key=value`` overrides (as :meth:`ExperimentConfig.load`)."""
         return from_dict(cls, apply_overrides(load_yaml(path), overrides), str(path))
+
+    def __post_init__(self):
+        if max(self.train.steps) > 1 and not self.map.step_conditioned:
+            raise ConfigError(f"train.steps {list(self.train.steps)}: K > 1 needs a step-conditioned map "
+                              "(map.step_conditioned: true)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -154,7 +174,7 @@ class InternalSampler:
 
     @torch.no_grad()
     def draw(self, n: int, generator: torch.Generator, chunk: int = 4096, weights: bool = True,
-             progress=None) -> dict:
+             progress=None, steps: int = 1) -> dict:
         """n conformations: x (n, N, 3) nm float64 in the canonical frame, log_q (density of the
         internal coordinates), log_w (exact importance weights; -inf outside the domain or where
         the step's det <= 0), the sign of each step's det, and the count of draws outside the domain."""
@@ -162,7 +182,7 @@ class InternalSampler:
         wts = self.flow.normalised()
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
-            d = self.one_step.draw(m, generator, wts, with_log_det=True)
+            d = self.one_step.draw(m, generator, wts, with_log_det=True, steps=steps)
             x, _ = self.target.to_cartesian(d["y"])
             ood += self.target.out_of_domain(d["y"])
             xs.append(x)
@@ -183,7 +203,8 @@ class InternalSampler:
                 "zmatrix_order": torch.as_tensor(np.asarray(zm.order))}
 
 
-def build_sampler(cfg: ICExperimentConfig, generator: torch.Generator | None = None, base_state_dict=None):
+def build_sampler(cfg: ICExperimentConfig, generator: torch.Generator | None = None, base_state_dict=None,
+                  progress: bool = False):
     """The sampler of a config: the base fitted to the config's frames (or restored), the map at the identity."""
     from ..targets import load_target
     cart = load_target(cfg.target)
@@ -191,17 +212,75 @@ def build_sampler(cfg: ICExperimentConfig, generator: torch.Generator | None = N
         raise ValueError(f"system {cfg.target!r} has no bond graph; the internal-coordinate route is for molecules "
                          "(use the Cartesian route for particle systems)")
     ic = InternalCoordinates(cart.topology)
+    refine_log = []
     if base_state_dict is None:
         x, log_w = training_frames(cfg.data, cart)
-        b = cfg.base
-        base = StructuredBase.fit(ic, x, log_w, cart.topology, stiff_below=b.stiff_below, bins_2d=b.bins_2d,
-                                  bins_1d=b.bins_1d, smooth_bins=b.smooth_bins, floor=b.floor, order=b.order,
-                                  ridge=b.ridge)
+        base = StructuredBase.fit(ic, x, log_w, cart.topology, **cfg.base.fit_kwargs())
+        if cfg.base.refine_rounds:
+            base, refine_log = refine_base(base, InternalCoordinateTarget(cart, ic=ic), cfg.base,
+                                           torch.Generator().manual_seed(cfg.seed + 2), progress=progress)
     else:
         base = base_from_state(ic, base_state_dict)
     flow = LipschitzResidualMap(len(base.soft), base.n_linear, hidden=cfg.map.hidden, layers=cfg.map.layers,
-                                lipschitz=cfg.map.lipschitz, generator=generator)
-    return InternalSampler(cart, base, flow)
+                                lipschitz=cfg.map.lipschitz, generator=generator,
+                                step_conditioned=cfg.map.step_conditioned)
+    sampler = InternalSampler(cart, base, flow)
+    sampler.refine_log = refine_log
+    return sampler
+
+
+def refine_base(base: StructuredBase, target: InternalCoordinateTarget, bc: ICBaseConfig, generator: torch.Generator,
+                chunk: int = 20000, progress: bool = False) -> tuple[StructuredBase, list[dict]]:
+    """Refit the base ``bc.refine_rounds`` times to its own draws weighted by their exact importance
+    weights exp(-u(x)) / q(x) (iterated importance sampling, the cross-entropy method): each refit
+    moves the base's histograms, conditional means and covariance from the reference frames' ensemble
+    to the force field's own Boltzmann distribution, with as many draws as ``bc.refine_samples``
+    (the frames are only the start). Where the draws' ESS is below ``bc.refine_min_ess`` the refit is to
+    w^beta (a tempered step towards the target, beta the largest that keeps that ESS), so that a poor
+    start (a large molecule, few frames) moves by steps the weighted draws can support. Draws outside the
+    domain have weight 0. Returns the refined base
+    and, per round, the Kish ESS of the draws it was refitted to (that of the base before the refit)."""
+    from ..estimate import ess
+    log = []
+    for r in range(bc.refine_rounds):
+        xs, lws = [], []
+        with torch.no_grad():
+            for start in range(0, bc.refine_samples, chunk):
+                y, log_q = base.sample(min(chunk, bc.refine_samples - start), generator)
+                lw = target.log_weights(y, log_q)
+                x, _ = target.to_cartesian(y)
+                keep = torch.isfinite(lw) & torch.isfinite(x).reshape(len(x), -1).all(1)
+                xs.append(x[keep].numpy())
+                lws.append(lw[keep].numpy())
+        lw = np.concatenate(lws)
+        if len(lw) == 0:
+            raise ValueError("refining the base: every draw has zero weight (no draw inside the domain); "
+                             "check the reference frames")
+        zero = np.full(bc.refine_samples - len(lw), -np.inf)
+        kish = ess(np.concatenate([lw, zero]), n_boot=0).value
+        beta = 1.0 if kish >= bc.refine_min_ess else _tempering_exponent(lw, len(zero), bc.refine_min_ess)
+        log.append({"round": r + 1, "draws": bc.refine_samples, "zero_weight": int(len(zero)), "ess_before": kish,
+                    "beta": beta})
+        if progress:
+            print(f"refine base: round {r + 1}/{bc.refine_rounds}, Kish ESS of its draws {kish:.3f}, refitted to "
+                  f"w^{beta:.3g}", file=sys.stderr, flush=True)
+        base = StructuredBase.fit(base.ic, np.concatenate(xs), beta * lw, target.cartesian.topology, **bc.fit_kwargs())
+    return base, log
+
+
+def _tempering_exponent(lw: np.ndarray, n_zero: int, min_ess: float, steps: int = 40) -> float:
+    """The largest beta in (0, 1] whose weights w^beta have a Kish ESS of at least ``min_ess`` (bisection;
+    the ESS of w^beta falls as beta grows). Draws with zero weight count as zero at every beta > 0."""
+    from ..estimate import ess
+    zero = np.full(n_zero, -np.inf)
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        if ess(np.concatenate([mid * lw, zero]), n_boot=0).value >= min_ess:
+            lo = mid
+        else:
+            hi = mid
+    return max(lo, 1e-6)
 
 
 def training_frames(dc: ICDataConfig, target) -> tuple[np.ndarray, np.ndarray]:
@@ -238,13 +317,18 @@ def is_internal_checkpoint(ckpt: dict) -> bool:
 
 # ------------------------------------------------------------------------------------------ training
 
-def evaluate(sampler: InternalSampler, n: int, seed: int = 12345) -> dict:
-    """Kish ESS of n fresh draws (a fixed seed, never a training batch), det <= 0 and out-of-domain counts."""
+def evaluate(sampler: InternalSampler, n: int, seed: int = 12345, steps: typing.Sequence[int] = (1,)) -> dict:
+    """Kish ESS of n fresh draws (a fixed seed, never a training batch), det <= 0 and out-of-domain counts,
+    of the one-step map and (``eval_ess_K``) of each other K in ``steps``."""
     from ..estimate import ess
-    d = sampler.draw(n, torch.Generator().manual_seed(seed))
-    lw = d["log_w"].numpy()
-    return {"eval_ess": ess(lw, n_boot=0).value, "eval_det_nonpositive": int((d["sign"] <= 0).sum()),
-            "eval_out_of_domain": int(d["out_of_domain"]), "eval_zero_weight": int((~np.isfinite(lw)).sum())}
+    out = {}
+    for k in sorted(set(steps) | {1}):
+        d = sampler.draw(n, torch.Generator().manual_seed(seed), steps=k)
+        lw = d["log_w"].numpy()
+        res = {"eval_ess": ess(lw, n_boot=0).value, "eval_det_nonpositive": int((d["sign"] <= 0).sum()),
+               "eval_out_of_domain": int(d["out_of_domain"]), "eval_zero_weight": int((~np.isfinite(lw)).sum())}
+        out.update(res if k == 1 else {f"{key}_K{k}": v for key, v in res.items()})
+    return out
 
 
 def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progress: bool = True,
@@ -283,8 +367,9 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
                 raise FileExistsError(f"{path} exists; pass --resume to continue or choose another --out")
             target_its = cfg.train.iterations if iterations is None else iterations
             c0 = time.process_time()
-            sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(cfg.seed + 1))
+            sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(cfg.seed + 1), progress=progress)
             st = {"iteration": 0, "cpu_seconds": 0.0, "base_fit_cpu_seconds": time.process_time() - c0,
+                  "base_refine": sampler.refine_log,
                   "nonfinite_total": 0, "last_eval": {}}
             ckpt = None
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, iterations=target_its))
@@ -303,7 +388,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
         cj.with_name("config.json.tmp").write_text(json.dumps(cfg.to_dict(), indent=2))
         os.replace(cj.with_name("config.json.tmp"), cj)
         if st["iteration"] == 0 and not st["last_eval"]:
-            st["base_eval"] = evaluate(sampler, tc.eval_samples)
+            st["base_eval"] = evaluate(sampler, tc.eval_samples, steps=tc.steps)
             st["last_eval"] = dict(st["base_eval"])
             save()
         bar = tqdm(total=target_its, initial=st["iteration"], disable=not progress, dynamic_ncols=True,
@@ -318,7 +403,14 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
                                           f"{path} written; continue with --resume")
                     c0 = time.process_time()
                     opt.zero_grad()
-                    loss, logs = sampler.one_step.objective(tc.loss, tc.batch, gen, tc.energy_cap, tc.ess_weight)
+                    k = tc.steps[int(torch.randint(len(tc.steps), (1,), generator=gen))]
+                    loss, logs = sampler.one_step.objective(tc.loss, tc.batch, gen, tc.energy_cap, tc.ess_weight,
+                                                            steps=k)
+                    logs["steps"] = k
+                    if tc.self_consistency > 0:
+                        sc, sc_logs = sampler.one_step.self_consistency(tc.batch, gen, tc.steps)
+                        loss = loss + tc.self_consistency * sc
+                        logs.update(sc_logs)
                     if torch.isfinite(loss):
                         loss.backward()
                         torch.nn.utils.clip_grad_norm_(sampler.flow.parameters(), tc.grad_clip)
@@ -329,7 +421,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
                     st["iteration"] += 1
                     it = st["iteration"]
                     if it % tc.eval_every == 0 or it == target_its:
-                        st["last_eval"] = evaluate(sampler, tc.eval_samples)
+                        st["last_eval"] = evaluate(sampler, tc.eval_samples, steps=tc.steps)
                         logs.update(st["last_eval"])
                     st["cpu_seconds"] += time.process_time() - c0
                     log.write(json.dumps({"iteration": it, **logs}) + "\n")

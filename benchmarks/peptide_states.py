@@ -1,0 +1,109 @@
+"""Each residue's phi > 0 state of a peptide with several residues: one-step samples (exact weights)
+against a replica-exchange reference packed by `molsample pack-reference pt`.
+
+For every residue with a phi angle, p(0 < phi < pi) and dF = -log(p / (1 - p)) (kT) from each samples
+file by self-normalised importance sampling (bootstrap error over samples), the files' mean with the
+error of the mean taken as the larger of the bootstrap's and the spread over files, and the reference's
+MBAR estimate with its error; the difference in combined standard errors. Also the Kish ESS and the
+det <= 0 count of each file.
+
+    python benchmarks/peptide_states.py --system ala3 --reference systems/ala3/reference/ala3_pt_2x2ns.npz \
+        runs/ala3_eval/s1.npz runs/ala3_eval/s2.npz [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def residue_phi(x: np.ndarray, topology) -> tuple[list[str], np.ndarray]:
+    import mdtraj
+    idx, phi = mdtraj.compute_phi(mdtraj.Trajectory(x, topology))
+    return [str(topology.atom(int(q[1])).residue) for q in idx], phi
+
+
+def weighted_p(ind: np.ndarray, log_w: np.ndarray, n_boot: int, rng) -> tuple[float, float]:
+    ok = np.isfinite(log_w)
+    w = np.exp(log_w[ok] - log_w[ok].max())
+    f = ind[ok].astype(float)
+    value = float((w * f).sum() / w.sum())
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(w), len(w))
+        boots.append((w[i] * f[i]).sum() / w[i].sum())
+    return value, float(np.std(boots, ddof=1))
+
+
+def df_of(p: float, se: float) -> tuple[float, float]:
+    if not 0 < p < 1:
+        return math.inf, math.nan
+    return -math.log(p / (1 - p)), se / (p * (1 - p))
+
+
+def main(argv=None) -> int:
+    from molsample.analysis.basins import phi_positive
+    from molsample.estimate import ess
+    from molsample.targets import load_target
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("samples", nargs="+", help="`molsample sample` .npz files (independent seeds)")
+    ap.add_argument("--system", required=True)
+    ap.add_argument("--reference", required=True, help="a `pack-reference pt` file with per-residue estimates")
+    ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    target = load_target(args.system)
+    ref = json.loads(str(np.load(args.reference, allow_pickle=False)["estimates"]))
+    ref_res = ref.get("per_residue_phi_positive")
+    if not ref_res:
+        print(f"{args.reference}: no per-residue estimates (not a replica-exchange file of a peptide)", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(0)
+    per_file = []
+    for f in args.samples:
+        d = np.load(f, allow_pickle=False)
+        meta = json.loads(str(d["meta"]))
+        names, phi = residue_phi(d["x"], target.topology)
+        row = {"file": f, "ess": ess(d["log_w"], n_boot=0).value, "n": int(len(d["log_w"])),
+               "det_nonpositive": meta.get("n_nonpositive_det"), "residues": {}}
+        for j, name in enumerate(names):
+            p, se = weighted_p(phi_positive(phi[:, j]), d["log_w"], args.n_boot, rng)
+            row["residues"][name] = {"p": p, "p_se": se}
+        per_file.append(row)
+    out = {"system": args.system, "reference": args.reference, "files": per_file, "residues": {}}
+    lines = [f"# {args.system}: each residue's phi > 0 state, one-step samples vs {Path(args.reference).name}", "",
+             "| file | Kish ESS | det <= 0 | " + " | ".join(f"p(phi > 0) {n}" for n in ref_res) + " |",
+             "|---|---|---|" + "---|" * len(ref_res)]
+    for row in per_file:
+        lines.append(f"| {Path(row['file']).name} | {row['ess']:.3f} | {row['det_nonpositive']} | "
+                     + " | ".join(f"{row['residues'][n]['p']:.4f} +- {row['residues'][n]['p_se']:.4f}" for n in ref_res)
+                     + " |")
+    lines += ["", "| residue | one-step dF (kT) | reference dF (kT) | difference (combined SE) |", "|---|---|---|---|"]
+    for name in ref_res:
+        ps = np.array([r["residues"][name]["p"] for r in per_file])
+        ses = np.array([r["residues"][name]["p_se"] for r in per_file])
+        se_boot = float(np.sqrt((ses ** 2).sum()) / len(ps))
+        se_spread = float(ps.std(ddof=1) / math.sqrt(len(ps))) if len(ps) > 1 else 0.0
+        p, se = float(ps.mean()), max(se_boot, se_spread)
+        dfs, dfs_se = df_of(p, se)
+        rp = ref_res[name]["p_phi_positive"]
+        rdf, rdf_se = df_of(float(rp["value"]), float(rp["stderr"]))
+        z = (dfs - rdf) / math.hypot(dfs_se, rdf_se) if math.isfinite(dfs) and math.isfinite(rdf) else math.nan
+        out["residues"][name] = {"p": p, "p_se": se, "p_se_bootstrap": se_boot, "p_se_spread": se_spread,
+                                 "dF": dfs, "dF_se": dfs_se, "reference_p": rp, "reference_dF": rdf,
+                                 "reference_dF_se": rdf_se, "z": z}
+        lines.append(f"| {name} | {dfs:.3f} +- {dfs_se:.3f} | {rdf:.3f} +- {rdf_se:.3f} | {z:+.2f} |")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
