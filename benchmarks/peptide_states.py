@@ -43,7 +43,7 @@ def weighted_p(ind: np.ndarray, log_w: np.ndarray, n_boot: int, rng) -> tuple[fl
 
 def df_of(p: float, se: float) -> tuple[float, float]:
     if not 0 < p < 1:
-        return math.inf, math.nan
+        return (math.inf if p <= 0 else -math.inf), math.nan
     return -math.log(p / (1 - p)), se / (p * (1 - p))
 
 

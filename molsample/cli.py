@@ -244,8 +244,8 @@ def _sample_internal(args, ckpt: dict, out: Path) -> int:
     from .coords.model import load_internal_checkpoint
     if args.steps == [1.0]:
         args.steps = 1
-    if not isinstance(args.steps, int):
-        raise ValueError(f"--steps {args.steps!r}: an internal-coordinate model takes K equal steps (an integer)")
+    if not isinstance(args.steps, int) or args.steps < 1:
+        raise ValueError(f"--steps {args.steps!r}: an internal-coordinate model takes K >= 1 equal steps (an integer)")
     if args.weights != "exact":
         raise ValueError(f"--weights {args.weights}: an internal-coordinate model has exact weights only")
     if args.qmc:

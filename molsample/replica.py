@@ -610,6 +610,7 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
                 name = str(topology.atom(int(phi_atoms[j][1])).residue)
                 per_residue[name] = f"phi_positive:{name}"
                 observables[per_residue[name]] = phi_positive(phi_all[:, j].reshape(n_it, n_states))
+                slow.append(observables[per_residue[name]].astype(float))     # its decorrelation counts too
     if "phi" in dih:
         phi, psi = dih["phi"], dih["psi"]
         arrays.update(phi=phi.astype(np.float32), psi=psi.astype(np.float32))
@@ -618,7 +619,7 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
         ind = basin_indicators(phi, psi)
         for name in BASINS:
             observables[f"basin:{name}"] = ind[name]
-        slow = [pos.astype(float), np.sin(phi), np.cos(psi)]
+        slow += [pos.astype(float), np.sin(phi), np.cos(psi)]
         res["p_phi_positive_per_temperature"] = pos.mean(axis=0).tolist()
     m = mbar_temperatures(energy, temps, t_target, observables, slow, n_boot=n_boot, seed=seed)
     obs = m["observables"]

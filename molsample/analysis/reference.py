@@ -66,8 +66,12 @@ def combine_estimates(runs: list[dict]) -> dict:
 
 
 def _dF_of_population(p: dict) -> dict:
-    """dF = -log(p / (1 - p)) of a combined population, its error by the delta method (inf where p = 0)."""
+    """dF = -log(p / (1 - p)) of a combined population, its error by the delta method (inf where p = 0).
+    (The log-odds of the runs' mean population, finite where one run never saw the state; the top-level
+    dF of the first residue is instead the mean of the runs' dF.)"""
     v, se = float(p["value"]), float(p["stderr"])
+    if math.isnan(v):
+        return {"value": math.nan, "stderr": math.nan}
     if not 0 < v < 1:
         return {"value": math.inf if v <= 0 else -math.inf, "stderr": math.nan}
     return {"value": -math.log(v / (1 - v)), "stderr": se / (v * (1 - v))}

@@ -131,6 +131,8 @@ class OneStepSampler:
     def run(self, z0: torch.Tensor, weights=None, steps: int = 1, with_log_det: bool = True):
         """z0 -> z_K by K = ``steps`` steps of size 1/K (a step-conditioned map; K = 1 for any map), with the
         summed log|det| and the product of the steps' det signs (> 0 only if every step's det is)."""
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"{steps} steps: give a whole number of steps K >= 1")
         if steps != 1 and not self.flow.step_conditioned:
             raise ValueError(f"{steps} steps: this map is not step-conditioned (map.step_conditioned: false), so "
                              "only its one step is defined")

@@ -273,6 +273,8 @@ def _tempering_exponent(lw: np.ndarray, n_zero: int, min_ess: float, steps: int 
     the ESS of w^beta falls as beta grows). Draws with zero weight count as zero at every beta > 0."""
     from ..estimate import ess
     zero = np.full(n_zero, -np.inf)
+    # as beta -> 0 the ESS tends to the share of draws in the domain; never ask for more than that
+    min_ess = min(min_ess, 0.99 * len(lw) / (len(lw) + n_zero))
     lo, hi = 0.0, 1.0
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
@@ -403,7 +405,10 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
                                           f"{path} written; continue with --resume")
                     c0 = time.process_time()
                     opt.zero_grad()
-                    k = tc.steps[int(torch.randint(len(tc.steps), (1,), generator=gen))]
+                    # one K per iteration; a single K draws nothing (the generator's stream stays that of a
+                    # single-step run)
+                    k = tc.steps[0] if len(tc.steps) == 1 else \
+                        tc.steps[int(torch.randint(len(tc.steps), (1,), generator=gen))]
                     loss, logs = sampler.one_step.objective(tc.loss, tc.batch, gen, tc.energy_cap, tc.ess_weight,
                                                             steps=k)
                     logs["steps"] = k
