@@ -170,9 +170,7 @@ def test_shipped_umbrella_reference_is_consistent(name):
         assert abs(fraction(ens, ind[b])[0] - est["value"]) < 3 * est["stderr"] + 2e-3, b
     # the weighted conformations are Boltzmann-distributed: their phi > 0 share matches too (looser: 8000 frames;
     # replica exchange keeps the frames of the 300 K replica alone, a correlated series, so only umbrella files)
-    # The 1D file was packed before the umbrella fixes, from per-sample weights later found biased (BENCHMARKS,
-    # "Diagnosing the 2D umbrella reference"): its frames give p(phi > 0) = 0.003 against its estimate 0.011.
-    if ens.kind != "umbrella" or name == "aldp_umbrella_phi_36x2ns.npz":
+    if ens.kind != "umbrella":
         return
     with np.load(path) as d:
         w = np.exp(d["frames_log_w"] - d["frames_log_w"].max())
