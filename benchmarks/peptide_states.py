@@ -23,33 +23,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def residue_phi(x: np.ndarray, topology) -> tuple[list[str], np.ndarray]:
-    import mdtraj
-    idx, phi = mdtraj.compute_phi(mdtraj.Trajectory(x, topology))
-    return [str(topology.atom(int(q[1])).residue) for q in idx], phi
-
-
-def weighted_p(ind: np.ndarray, log_w: np.ndarray, n_boot: int, rng) -> tuple[float, float]:
-    ok = np.isfinite(log_w)
-    w = np.exp(log_w[ok] - log_w[ok].max())
-    f = ind[ok].astype(float)
-    value = float((w * f).sum() / w.sum())
-    boots = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(w), len(w))
-        boots.append((w[i] * f[i]).sum() / w[i].sum())
-    return value, float(np.std(boots, ddof=1))
-
-
-def df_of(p: float, se: float) -> tuple[float, float]:
-    if not 0 < p < 1:
-        return (math.inf if p <= 0 else -math.inf), math.nan
-    return -math.log(p / (1 - p)), se / (p * (1 - p))
-
-
 def main(argv=None) -> int:
+    import mdtraj
+
     from molsample.analysis.basins import phi_positive
-    from molsample.estimate import ess
+    from molsample.analysis.compare import delta_f_from_fraction
+    from molsample.analysis.timeseries import residue_phi
+    from molsample.estimate import ess, snis
     from molsample.targets import load_target
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("samples", nargs="+", help="`molsample sample` .npz files (independent seeds)")
@@ -69,12 +49,12 @@ def main(argv=None) -> int:
     for f in args.samples:
         d = np.load(f, allow_pickle=False)
         meta = json.loads(str(d["meta"]))
-        names, phi = residue_phi(d["x"], target.topology)
+        names, phi = residue_phi(mdtraj.Trajectory(d["x"], target.topology))
         row = {"file": f, "ess": ess(d["log_w"], n_boot=0).value, "n": int(len(d["log_w"])),
                "det_nonpositive": meta.get("n_nonpositive_det"), "residues": {}}
         for j, name in enumerate(names):
-            p, se = weighted_p(phi_positive(phi[:, j]), d["log_w"], args.n_boot, rng)
-            row["residues"][name] = {"p": p, "p_se": se}
+            est = snis(d["log_w"], phi_positive(phi[:, j]), args.n_boot, rng)
+            row["residues"][name] = {"p": est.value, "p_se": est.stderr}
         per_file.append(row)
     out = {"system": args.system, "reference": args.reference, "files": per_file, "residues": {}}
     lines = [f"# {args.system}: each residue's phi > 0 state, one-step samples vs {Path(args.reference).name}", "",
@@ -91,9 +71,10 @@ def main(argv=None) -> int:
         se_boot = float(np.sqrt((ses ** 2).sum()) / len(ps))
         se_spread = float(ps.std(ddof=1) / math.sqrt(len(ps))) if len(ps) > 1 else 0.0
         p, se = float(ps.mean()), max(se_boot, se_spread)
-        dfs, dfs_se = df_of(p, se)
+        mine = delta_f_from_fraction(p, se)
         rp = ref_res[name]["p_phi_positive"]
-        rdf, rdf_se = df_of(float(rp["value"]), float(rp["stderr"]))
+        ref_df = delta_f_from_fraction(float(rp["value"]), float(rp["stderr"]))
+        dfs, dfs_se, rdf, rdf_se = mine["value"], mine["stderr"], ref_df["value"], ref_df["stderr"]
         z = (dfs - rdf) / math.hypot(dfs_se, rdf_se) if math.isfinite(dfs) and math.isfinite(rdf) else math.nan
         out["residues"][name] = {"p": p, "p_se": se, "p_se_bootstrap": se_boot, "p_se_spread": se_spread,
                                  "dF": dfs, "dF_se": dfs_se, "reference_p": rp, "reference_dF": rdf,

@@ -574,7 +574,7 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
     import mdtraj
 
     from .analysis.basins import BASINS, basin_indicators, phi_positive
-    from .analysis.timeseries import backbone_dihedrals, inefficiency_report
+    from .analysis.timeseries import backbone_dihedrals, inefficiency_report, residue_phi
     data = read_storage(work)
     temps, energy = data["temperatures"], data["energy_kj_per_mol"]
     n_it, n_states = energy.shape
@@ -584,10 +584,10 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
     rows = np.arange(n_it)[:, None]
     xyz = data["positions"][rows, data["replica"]]                        # (T, K, N, 3) by temperature
     topology = getattr(target, "topology", None)
-    dih = {}
+    dih, traj = {}, None
     if topology is not None and topology.n_residues > 1:
-        dih = backbone_dihedrals(mdtraj.Trajectory(xyz.reshape(-1, *xyz.shape[2:]), topology))
-        dih = {k: v.reshape(n_it, n_states) for k, v in dih.items()}
+        traj = mdtraj.Trajectory(xyz.reshape(-1, *xyz.shape[2:]), topology)
+        dih = {k: v.reshape(n_it, n_states) for k, v in backbone_dihedrals(traj).items()}
     arrays = {"iteration": data["iterations"], "temperatures_K": temps, "energy_kj_per_mol": energy,
               "replica": data["replica"].astype(np.int16), "state": data["state"].astype(np.int16),
               "accepted": data["accepted"], "proposed": data["proposed"]}
@@ -602,12 +602,10 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
            "mean_energy_per_temperature_kj_per_mol": energy.mean(axis=0).tolist()}
     observables, slow = {}, []
     per_residue = {}
-    if topology is not None and topology.n_residues > 2:
-        traj = mdtraj.Trajectory(xyz.reshape(-1, *xyz.shape[2:]), topology)
-        phi_atoms, phi_all = mdtraj.compute_phi(traj)
-        if phi_all.shape[1] > 1:          # a peptide with several residues: each one's phi > 0 state
-            for j in range(phi_all.shape[1]):
-                name = str(topology.atom(int(phi_atoms[j][1])).residue)
+    if traj is not None:
+        names, phi_all = residue_phi(traj)
+        if len(names) > 1:                # a peptide with several residues: each one's phi > 0 state
+            for j, name in enumerate(names):
                 per_residue[name] = f"phi_positive:{name}"
                 observables[per_residue[name]] = phi_positive(phi_all[:, j].reshape(n_it, n_states))
                 slow.append(observables[per_residue[name]].astype(float))     # its decorrelation counts too

@@ -74,7 +74,9 @@ def fraction(ens: Ensemble, indicator: np.ndarray, use_weights: bool = True) -> 
 
 
 def delta_f_from_fraction(p: float, dp: float) -> dict:
-    """dF = F(B) - F(A) = -log(p / (1 - p)) for p = P(B), with the delta-method error."""
+    """dF = F(B) - F(A) = -log(p / (1 - p)) for p = P(B), with the delta-method error (NaN stays NaN)."""
+    if math.isnan(p):
+        return {"value": math.nan, "stderr": math.nan}
     if not 0 < p < 1:
         return {"value": math.inf if p == 0 else -math.inf, "stderr": math.nan}
     return {"value": -math.log(p / (1 - p)), "stderr": dp / (p * (1 - p))}

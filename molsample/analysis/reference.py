@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .compare import delta_f_from_fraction
+
 
 def pack_md(files: list[str | Path], target, out: str | Path, n_frames: int = 4000, provenance: str = "") -> Path:
     """Pack MD replica trajectories: phi, psi, reduced energy of every frame (float32), replica
@@ -59,22 +61,13 @@ def combine_estimates(runs: list[dict]) -> dict:
         for name in runs[0]["per_residue_phi_positive"]:
             per = [r["per_residue_phi_positive"][name]["p_phi_positive"] for r in runs]
             p = _combine(per)
+            # dF as the log-odds of the runs' mean population (finite where one run barely saw the
+            # state; the first residue's top-level dF is instead the mean of the runs' dF)
             out["per_residue_phi_positive"][name] = {
-                "p_phi_positive": p, "dF_phi_positive_minus_negative_kT": _dF_of_population(p),
+                "p_phi_positive": p, "dF_phi_positive_minus_negative_kT": delta_f_from_fraction(p["value"],
+                                                                                               p["stderr"]),
                 "runs": [{"value": float(e["value"]), "stderr": _run_se(e)} for e in per]}
     return out
-
-
-def _dF_of_population(p: dict) -> dict:
-    """dF = -log(p / (1 - p)) of a combined population, its error by the delta method (inf where p = 0).
-    (The log-odds of the runs' mean population, finite where one run never saw the state; the top-level
-    dF of the first residue is instead the mean of the runs' dF.)"""
-    v, se = float(p["value"]), float(p["stderr"])
-    if math.isnan(v):
-        return {"value": math.nan, "stderr": math.nan}
-    if not 0 < v < 1:
-        return {"value": math.inf if v <= 0 else -math.inf, "stderr": math.nan}
-    return {"value": -math.log(v / (1 - v)), "stderr": se / (v * (1 - v))}
 
 
 def load_umbrella_run(file: Path, stride: int = 1) -> dict:

@@ -19,6 +19,14 @@ def inefficiency_report(series: np.ndarray, frame_ps: float) -> dict:
             "t0": int(t0), "t0_ps": float(t0 * frame_ps), "n_eff_after_t0": float(n_eff_max)}
 
 
+def residue_phi(traj) -> tuple[list[str], np.ndarray]:
+    """Each residue's phi (radians, (frames, residues)) of an mdtraj trajectory, with the residues' names
+    (the residue of phi's N atom, e.g. ALA2)."""
+    import mdtraj
+    atoms, phi = mdtraj.compute_phi(traj)
+    return [str(traj.topology.atom(int(q[1])).residue) for q in atoms], phi
+
+
 def backbone_dihedrals(traj) -> dict[str, np.ndarray]:
     """phi and psi (radians, first residue with both) of an mdtraj trajectory, or {} if it has none."""
     import mdtraj

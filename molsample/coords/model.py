@@ -169,6 +169,7 @@ class InternalSampler:
 
     def __init__(self, cartesian, base: StructuredBase, flow: LipschitzResidualMap):
         self.cartesian, self.base, self.flow = cartesian, base, flow
+        self.refine_log: list[dict] = []          # per refit of the base (build_sampler), if any
         self.target = InternalCoordinateTarget(cartesian, ic=base.ic)
         self.one_step = OneStepSampler(base, self.target, flow)
 
