@@ -3,7 +3,7 @@
     python benchmarks/bench_drift.py [--config configs/aldp-data.yaml] [--batch 256] [--threads 2]
 
 Prints, for the model of the config (random weights; the cost does not depend on them):
-  - forward+backward of the network for `batch` conformations (the BUDGETS.md budget for
+  - forward+backward of the network for `batch` conformations (the project's budget for
     alanine dipeptide: <= 0.25 s for 256 on 2 cores), and forward alone;
   - the exact Jacobian of the one-step map on the zero-centroid subspace for the same batch by
     (a) the network's hand-written forward mode, (b) dof batched reverse-mode vector-Jacobian

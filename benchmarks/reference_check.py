@@ -9,7 +9,8 @@ as independent runs (different seeds):
 Per method: each run's dF(phi > 0 vs phi < 0) and four basin populations with its error (the larger of
 MBAR's and the block bootstrap where the run has one), |A - B| / combined SE between its runs (the check:
 within 3), the runs combined (their mean), the CPU time spent, and the CPU time the method
-would need for dF to +-0.1 and +-0.05 kT at the measured rate (error proportional to 1 / sqrt(CPU time)).
+would need for dF to +-0.1 and +-0.05 kT at the measured rate (error proportional to 1 / sqrt(CPU time); for a
+sampler only the sampling scales, one base fit and the MD that started it are paid once).
 Between methods: combined dF and populations, |difference| / combined SE. Against plain MD where MD is
 converged (phi < 0): p(alpha_R | phi < 0) and KL(phi | phi < 0) in 10-degree bins, with MD's own
 replica-vs-replica KL as the floor. Prints markdown; --json FILE writes every figure.
@@ -26,16 +27,31 @@ import numpy as np
 
 from molsample.analysis.basins import BASINS, basin_indicators, phi_positive
 from molsample.analysis.compare import _md_fraction
-from molsample.analysis.reference import _run_se, combine_estimates, load_replica_run, load_umbrella_run
+from molsample.analysis.reference import (_run_se, combine_estimates, is_packed, load_packed_runs, load_replica_run,
+                                          load_umbrella_run)
 from molsample.analysis.stats import histogram_kl
 
 EDGES_NEG = np.linspace(-math.pi, 0.0, 19)          # the 10-degree bins of `molsample compare` on phi < 0
 DF = "dF_phi_positive_minus_negative_kT"
 
 
-def load_run(path: Path) -> dict:
+def load_runs(path: Path, system: str) -> list[dict]:
+    """The independent runs in a file: one for a run's own output, all of them for a packed reference
+    (whose pooled samples go with its first run, ``share`` = the runs they pool; CPU time not recorded)."""
+    if is_packed(path):
+        runs = load_packed_runs(path)
+        for i, r in enumerate(runs):
+            r.update(path=f"{path.stem}[{i}]", kind="packed", cpu_seconds=math.nan, cpu_seconds_analysis=math.nan)
+        return runs
+    return [load_run(path, system)]
+
+
+def load_run(path: Path, system: str) -> dict:
     with np.load(path) as d:
         replica = "temperatures_K" in d
+        sampler = "log_q" in d
+    if sampler:
+        return load_sampler_run(path, system)
     run = load_replica_run(path) if replica else load_umbrella_run(path)
     meta = run["meta"]
     if replica:
@@ -47,6 +63,38 @@ def load_run(path: Path) -> dict:
     run.update(path=str(path), kind="replica exchange" if replica else "umbrella", cpu_seconds=cpu,
                cpu_seconds_analysis=cpu_analysis)
     return run
+
+
+def _data_cpu_seconds(checkpoint: str) -> float:
+    """CPU time of the frames that started a sampler's base: the `molsample md` runs named in its
+    config's data.paths (their JSON side files; one thread, so wall time is CPU time). NaN if unknown."""
+    cfg = Path(checkpoint).parent / "config.json"
+    if not cfg.is_file():
+        return math.nan
+    total = 0.0
+    for f in json.loads(cfg.read_text()).get("data", {}).get("paths", []):
+        side = Path(f).with_suffix(".json")
+        if not side.is_file():
+            return math.nan
+        total += float(json.loads(side.read_text()).get("wall_seconds", math.nan))
+    return total
+
+
+def load_sampler_run(path: Path, system: str) -> dict:
+    """A `molsample sample` file as a reference run: self-normalised importance-sampling estimates with
+    bootstrap errors; its CPU time is the sampling, the base fit and training, and the data's MD."""
+    from molsample.analysis.compare import state_estimates
+    from molsample.analysis.ensembles import load_ensemble
+    from molsample.targets import load_target
+    ens = load_ensemble([path], load_target(system))
+    meta = json.loads(str(np.load(path)["meta"]))
+    lw = np.asarray(ens.log_w, dtype=float)
+    cpu_data = _data_cpu_seconds(meta.get("checkpoint", ""))
+    cpu = float(meta["seconds"]) + float(meta.get("base_fit_cpu_seconds", 0.0)) \
+        + float(meta.get("training_cpu_seconds", 0.0)) + cpu_data
+    return {"phi": ens.phi, "psi": ens.psi, "log_w": lw - np.logaddexp.reduce(lw), "estimates": state_estimates(ens),
+            "meta": meta, "path": str(path), "kind": "sampler", "cpu_seconds": cpu, "cpu_seconds_analysis": math.nan,
+            "cpu_seconds_data": cpu_data, "cpu_seconds_fixed": cpu - float(meta["seconds"])}
 
 
 def z(a: dict, b: dict) -> float:
@@ -82,7 +130,8 @@ def md_check(md_path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--method", nargs="+", action="append", required=True, metavar=("NAME", "RUN"),
-                    help="a method's name and its independent runs (.npz of `molsample umbrella` or `molsample pt`)")
+                    help="a method's name and its independent runs (.npz of `molsample umbrella`, `molsample pt` or "
+                         "`molsample sample`, the last with the MD that started its base counted in its CPU time)")
     ap.add_argument("--md", help="packed plain-MD reference of the same system (phi < 0 check)")
     ap.add_argument("--other", nargs=2, action="append", default=[], metavar=("NAME", "FILE"),
                     help="another reference (.json or packed .npz with estimates) to compare dF with")
@@ -95,7 +144,7 @@ def main() -> None:
     combined = {}
     print(f"## {args.system}\n")
     for name, *files in args.method:
-        runs = [load_run(Path(f)) for f in files]
+        runs = [r for f in files for r in load_runs(Path(f), args.system)]
         est = [r["estimates"] for r in runs]
         both = combine_estimates(est)
         combined[name] = both
@@ -112,14 +161,25 @@ def main() -> None:
             checks[label] = zmax
             print(f"| {label} | " + " | ".join(f"{v['value']:.{dig}f} +- {v['stderr']:.{dig}f}" for v in vals)
                   + f" | {zmax:.2f} | {comb['value']:.{dig}f} +- {comb['stderr']:.{dig}f} |")
-        cpu = sum(r["cpu_seconds"] for r in runs)
-        cpu_an = sum(r["cpu_seconds_analysis"] for r in runs)
+        # runs from a packed file record no CPU time: count them at the mean of the runs that do
+        known = [r for r in runs if math.isfinite(r["cpu_seconds"])]
+        cpu = len(runs) * np.mean([r["cpu_seconds"] for r in known]) if known else math.nan
+        cpu_an = len(runs) * np.mean([r["cpu_seconds_analysis"] for r in known]) if known else math.nan
         se = both[DF]["stderr"]
-        cost = {f"cpu_minutes_to_{t}": cpu / 60 * (se / t) ** 2 for t in (0.1, 0.05)}
-        print(f"\nCPU: {cpu / 60:.1f} min of simulation" + (f" + {cpu_an / 60:.1f} min of analysis" if
-                                                             math.isfinite(cpu_an) else "")
-              + f"; dF error {se:.3f} kT; at this rate +-0.1 kT needs {cost['cpu_minutes_to_0.1']:.0f} CPU-min "
-                f"and +-0.05 kT {cost['cpu_minutes_to_0.05']:.0f} CPU-min of simulation")
+        fixed = sum(r.get("cpu_seconds_fixed", 0.0) for r in runs) / len(runs)     # one base fit + its MD suffice
+        cost = {f"cpu_minutes_to_{t}": (fixed + (cpu - len(runs) * fixed) * (se / t) ** 2) / 60 for t in (0.1, 0.05)}
+        if all(r["kind"] == "sampler" for r in runs):
+            md_min = sum(r["cpu_seconds_data"] for r in runs) / 60
+            print(f"\nCPU: {cpu / 60:.1f} min in all ({md_min:.1f} of the MD that started the bases, "
+                  f"{sum(r['cpu_seconds_fixed'] for r in runs) / 60 - md_min:.1f} of base fits and training, "
+                  f"{(cpu - len(runs) * fixed) / 60:.1f} of sampling with exact weights); dF error {se:.3f} kT; "
+                  f"+-0.1 kT needs {cost['cpu_minutes_to_0.1']:.1f} CPU-min and +-0.05 kT "
+                  f"{cost['cpu_minutes_to_0.05']:.1f} (one base, more draws)")
+        else:
+            print(f"\nCPU: {cpu / 60:.1f} min of simulation" + (f" + {cpu_an / 60:.1f} min of analysis" if
+                                                                 math.isfinite(cpu_an) else "")
+                  + f"; dF error {se:.3f} kT; at this rate +-0.1 kT needs {cost['cpu_minutes_to_0.1']:.0f} CPU-min "
+                    f"and +-0.05 kT {cost['cpu_minutes_to_0.05']:.0f} CPU-min of simulation")
         out["methods"][name] = {"runs": [{"path": r["path"], "estimates": {DF: e[DF], "basins": e["basins"]},
                                           "cpu_seconds": r["cpu_seconds"],
                                           "cpu_seconds_analysis": r["cpu_seconds_analysis"]}
@@ -136,15 +196,22 @@ def main() -> None:
         md_rows = []
         for r, e in zip(runs, est):
             p = p_alpha_r_given_neg(e)
-            phi, _, w = neg_given(r)
-            kl = histogram_kl(md["phi_neg"], phi, [EDGES_NEG], None, w)
+            if r.get("share", 1) == 0:
+                phi, w = None, None
+            else:
+                phi, _, w = neg_given(r)
+            kl = histogram_kl(md["phi_neg"], phi, [EDGES_NEG], None, w) if phi is not None else math.nan
             md_rows.append({"run": r["path"], "p_alphaR_given_neg": p, "z_vs_md": (p["value"] - mdp["value"])
                             / math.hypot(p["stderr"], mdp["stderr"]), "kl_phi_neg_vs_md": kl})
+            kl_txt = "(pooled in the row above)" if phi is None else \
+                f"{kl:.4f}" + (f" ({r['share']} runs pooled)" if r.get("share", 1) > 1 else "")
             print(f"| {Path(r['path']).stem} | {p['value']:.4f} +- {p['stderr']:.4f} | {md_rows[-1]['z_vs_md']:+.2f} "
-                  f"| {kl:.4f} |")
-        pooled = [neg_given(r) for r in runs]
+                  f"| {kl_txt} |")
+        with_samples = [r for r in runs if r.get("share", 1) > 0]
+        pooled = [neg_given(r) for r in with_samples]
         kl_pooled = histogram_kl(md["phi_neg"], np.concatenate([p[0] for p in pooled]), [EDGES_NEG], None,
-                                 np.concatenate([p[2] / p[2].sum() for p in pooled]))
+                                 np.concatenate([p[2] / p[2].sum() * r.get("share", 1)
+                                                 for p, r in zip(pooled, with_samples)]))
         kl_ab = histogram_kl(pooled[0][0], pooled[1][0], [EDGES_NEG], pooled[0][2], pooled[1][2]) \
             if len(pooled) > 1 else math.nan
         print(f"\nKL(phi | phi<0): runs pooled vs MD {kl_pooled:.4f}; run A vs run B {kl_ab:.4f}\n")
@@ -165,10 +232,13 @@ def main() -> None:
             p = Path(path)
             eo = json.loads(p.read_text())["estimates"] if p.suffix == ".json" else json.loads(str(np.load(p)["estimates"]))
             for a in names:
-                zz = z({"value": eo[DF]["value"], "stderr": _run_se(eo[DF])}, combined[a][DF])
-                out["between"].append({"pair": [oname, a], "z": [zz]})
+                zs = [z({"value": eo[DF]["value"], "stderr": _run_se(eo[DF])}, combined[a][DF])]
+                zs += [z({"value": eo["basins"][n]["value"], "stderr": _run_se(eo["basins"][n])},
+                         combined[a]["basins"][n]) if n in eo.get("basins", {}) else math.nan for n in BASINS]
+                out["between"].append({"pair": [oname, a], "z": zs})
                 print(f"| {oname} vs {a} | {eo[DF]['value']:.3f} +- {_run_se(eo[DF]):.3f} vs "
-                      f"{combined[a][DF]['value']:.3f} ({zz:.2f} SE) | | | | |")
+                      f"{combined[a][DF]['value']:.3f} ({zs[0]:.2f} SE) | "
+                      + " | ".join("" if math.isnan(zz) else f"{zz:.2f} SE" for zz in zs[1:]) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=float))
 

@@ -239,7 +239,7 @@ def _sample_internal(args, ckpt: dict, out: Path) -> int:
     import time
 
     import torch
-    from tqdm import tqdm
+    from .runtime import progress_bar
 
     from .coords.model import load_internal_checkpoint
     if args.steps == [1.0]:
@@ -258,7 +258,7 @@ def _sample_internal(args, ckpt: dict, out: Path) -> int:
                          "map.step_conditioned), so only --steps 1 is defined")
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
-    with tqdm(total=args.n, desc="sample", disable=not sys.stderr.isatty(), unit=" conf") as bar:
+    with progress_bar(total=args.n, desc="sample", unit=" conf", file_interval=10.0) as bar:
         d = sampler.draw(args.n, gen, chunk=args.batch_size, progress=bar, steps=args.steps)
     seconds = time.perf_counter() - t0
     x = d["x"].numpy()
@@ -349,7 +349,7 @@ def _cmd_umbrella(args) -> int:
 
     check_platform(args.platform)
     out = str(check_output(args.out or f"{args.system}_umbrella_{args.dihedral}.npz", "--out", (".npz",)))
-    meta = run_umbrella(settings, out, args.workers)
+    meta = run_umbrella(settings, out, args.workers, progress=not args.quiet)
     est = meta["estimates"]
     if args.json:
         print(json.dumps(meta, indent=2))
@@ -630,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, help="parallel processes (default: all cores)")
     p.add_argument("--out", help=".npz (default SYSTEM_umbrella_DIHEDRAL.npz)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_umbrella)
 
     p = sub.add_parser("pt", help="temperature replica exchange (parallel tempering) + MBAR over temperatures")

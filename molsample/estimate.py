@@ -17,7 +17,7 @@ class Estimate:
     """value with its standard error; n samples used, n_nonfinite excluded (NaN)."""
     value: float
     stderr: float
-    n: int
+    n: int = 0
     n_nonfinite: int = 0
 
     def as_dict(self) -> dict:
@@ -107,6 +107,25 @@ def delta_f(log_w, in_a, in_b, n_boot: int = 200, rng: np.random.Generator | Non
         return float(-(_logmeanexp(np.where(mb, x, -np.inf)) - _logmeanexp(np.where(ma, x, -np.inf))))
 
     return Estimate(stat(a, ia, ib), _bootstrap(stat, [a, ia, ib], n_boot, rng), len(a), int((~keep).sum()))
+
+
+def log_odds(p: float) -> float:
+    """-log(p / (1 - p)): the free-energy difference F_B - F_A (kT) of a state B with population p against the
+    rest; +inf at p = 0, -inf at p = 1, NaN stays NaN."""
+    if math.isnan(p):
+        return math.nan
+    if p <= 0:
+        return math.inf
+    if p >= 1:
+        return -math.inf
+    return -math.log(p / (1 - p))
+
+
+def delta_f_from_population(p: float, dp: float, n: int = 0) -> Estimate:
+    """dF = F_B - F_A = -log(p / (1 - p)) for p = P(B) with error dp, carried by the delta method,
+    dF error = dp / (p (1 - p)) (NaN where p is 0, 1 or NaN). Every tool's dF from a population is this one."""
+    inside = 0 < p < 1
+    return Estimate(log_odds(p), dp / (p * (1 - p)) if inside else math.nan, n)
 
 
 def summarise(log_w, n_boot: int = 200, seed: int = 0) -> dict:

@@ -42,7 +42,7 @@ def mala(target, n_chains: int, steps: int, burn: int = 2000, thin: int = 10, st
          temperatures: tuple[float, ...] = (1.0,), dtype=torch.float64, progress: bool = True) -> MCMCResult:
     """Run MALA chains on exp(-u) (with parallel tempering over ``temperatures``, the first of
     which must be 1); particle targets stay on the zero-centroid subspace."""
-    from tqdm import tqdm
+    from .runtime import progress_bar
     if temperatures[0] != 1.0 or any(b <= a for a, b in zip(temperatures, temperatures[1:])):
         raise ValueError(f"temperatures must start at 1 and increase, got {temperatures}")
     gen = torch.Generator().manual_seed(seed)
@@ -58,7 +58,7 @@ def mala(target, n_chains: int, steps: int, burn: int = 2000, thin: int = 10, st
     h = torch.full((n_t,), float(step), dtype=dtype)
     shape = lambda v: v.reshape(-1, *([1] * (x.dim() - 1)))
     kept_x, kept_u, acc_sum, acc_n = [], [], 0.0, 0
-    for it in tqdm(range(burn + steps), disable=not progress, desc=f"MALA {target.name}", dynamic_ncols=True):
+    for it in progress_bar(range(burn + steps), desc=f"MALA {target.name}", enabled=progress):
         hh = h.repeat_interleave(n_chains)
         noise = space.randn(total, gen, dtype)
         y = x - shape(hh / temp) * g + shape(torch.sqrt(2 * hh)) * noise

@@ -176,9 +176,9 @@ def run_replica(settings: MDSettings, replica: int, parts: Path, show_progress: 
         record.update(equilibration_steps=eq_steps, energy_after_equilibration_kj=_energy(ctx))
         record_path.write_text(json.dumps(record, indent=2))
         done = 0
-    from tqdm import tqdm
-    bar = tqdm(total=n_frames, initial=done, position=replica, disable=not show_progress, unit="frame",
-               desc=f"replica {replica}", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    from .runtime import progress_bar
+    bar = progress_bar(total=n_frames, initial=done, position=replica, enabled=show_progress, unit="frame",
+                       desc=f"replica {replica}", mininterval=0.5)
     t0, frames_t0 = time.perf_counter(), done
     interrupted = False
     while done < n_frames and not interrupted:

@@ -55,12 +55,12 @@ def exact_weights(exp, x0: torch.Tensor, x: torch.Tensor, deadline: float, min_w
     passed and at least ``min_weights`` samples are done (or all are). Returns (n_done, log_q,
     log_w, log_prob, n_nonpositive_det, bijectivity ratio ||J_step - I||_2 per sample, smallest
     eigenvalue of the symmetric part of J_step per sample)."""
-    from tqdm import tqdm
+    from .runtime import progress_bar
 
     from .jacobian import direct_step_ratio, step_log_volume
     velocity, space = exp.velocity(), exp.space
     lq, lp, bad, ratio, mono = [], [], 0, [], []
-    bar = tqdm(total=len(x0), disable=not progress, desc="exact weights", unit="sample", dynamic_ncols=True)
+    bar = progress_bar(total=len(x0), enabled=progress, desc="exact weights", unit="sample", file_interval=10.0)
     done = 0
     while done < len(x0) and (done < min_weights or time.perf_counter() < deadline):
         sl = slice(done, min(done + batch, len(x0)))
@@ -168,7 +168,7 @@ def _comparisons(sample, target, out: Path) -> list[str]:
 def _run_internal(checkpoint: Path, ckpt: dict, out: Path, n: int, seed: int, device: str, progress: bool,
                   t_start: float) -> QuickstartResult:
     """Quickstart with an internal-coordinate model: every one of the n samples gets its exact weight."""
-    from tqdm import tqdm
+    from .runtime import progress_bar
 
     from .analysis.ensembles import load_ensemble
     from .coords.model import load_internal_checkpoint
@@ -181,8 +181,8 @@ def _run_internal(checkpoint: Path, ckpt: dict, out: Path, n: int, seed: int, de
         raise ValueError(f"{checkpoint}: quickstart runs alanine dipeptide; this checkpoint is for {target.name!r}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with tqdm(total=n, disable=not progress, desc="one-step samples with exact weights", unit="sample",
-              dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
+    with progress_bar(total=n, enabled=progress, desc="one-step samples with exact weights", unit="sample",
+                      file_interval=10.0) as bar:
         d = sampler.draw(n, torch.Generator().manual_seed(seed), progress=bar)
     t_draw = time.perf_counter() - t0
     bad = int((d["sign"] <= 0).sum())

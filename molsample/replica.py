@@ -296,9 +296,8 @@ def run_pt_system(system, positions: np.ndarray, settings: PTSettings, work: str
             _restore_snapshot(snap, work)
         sampler = multistate.ParallelTemperingSampler.from_storage(reporter())
     done = int(sampler.iteration)
-    from tqdm import tqdm
-    bar = tqdm(total=n_total, initial=done, disable=not show_progress, unit="it", desc=desc,
-               mininterval=5.0, dynamic_ncols=True)
+    from .runtime import progress_bar
+    bar = progress_bar(total=n_total, initial=done, enabled=show_progress, unit="it", desc=desc, mininterval=5.0)
     n_acc = np.zeros((len(settings.temperatures),) * 2)
     n_prop = np.zeros_like(n_acc)
     ns_per_it = settings.exchange_ps * 1e-3 * len(settings.temperatures)
@@ -435,14 +434,6 @@ def _inefficiency(x: np.ndarray) -> float:
     return max(float(timeseries.statistical_inefficiency(x)), 1.0)
 
 
-def _log_odds(p: float) -> float:
-    if p <= 0:
-        return math.inf
-    if p >= 1:
-        return -math.inf
-    return -math.log(p / (1 - p))
-
-
 def _mbar_solve(energy_n: np.ndarray, n_k: np.ndarray, kt: np.ndarray, initial_f_k=None):
     from pymbar import MBAR
     u_kn = energy_n[None, :] / kt[:, None]
@@ -545,14 +536,14 @@ def _boot_estimate(e, k, obs, kt, kt_target, n_states, f_k):
 
 def _with_dF(p: dict) -> dict:
     """dF = -ln(p / (1 - p)) with each error of p carried through (delta method; bootstrap directly)."""
-    v = p["value"]
-    d = lambda s: s / (v * (1 - v)) if 0 < v < 1 else math.nan
-    b = np.array([_log_odds(x) for x in p.get("_bootstrap", [])])
+    from .estimate import delta_f_from_population, log_odds
+    est = delta_f_from_population(p["value"], p["stderr"])
+    b = np.array([log_odds(x) for x in p.get("_bootstrap", [])])
     b = b[np.isfinite(b)]
-    out = {"value": _log_odds(v), "stderr": d(p["stderr"]),
+    out = {"value": est.value, "stderr": est.stderr,
            "stderr_bootstrap": float(np.std(b, ddof=1)) if len(b) > 1 else math.nan}
     if "halves" in p:
-        h = [_log_odds(x) for x in p["halves"]]
+        h = [log_odds(x) for x in p["halves"]]
         out.update(halves=h, stderr_halves=abs(h[0] - h[1]) / 2 if all(map(math.isfinite, h)) else math.nan)
     return out
 

@@ -111,3 +111,47 @@ def check_platform(name: str, flag: str = "--platform") -> str:
         raise InputError(f"{flag} {name}: OpenMM has no such platform on this machine; available: "
                          f"{', '.join(names)}")
     return name
+
+
+class _Lines:
+    """A stream for tqdm when stderr is a file or a pipe: each refresh becomes one plain line (no carriage
+    returns or cursor movements), so a log file reads line by line."""
+
+    _ansi = None
+
+    def __init__(self, stream):
+        import re
+        self.stream = stream
+        self._ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def write(self, s: str) -> None:
+        s = self._ansi.sub("", s.replace("\r", "\n"))
+        for line in s.split("\n"):
+            if line.strip():
+                self.stream.write(line.rstrip() + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(iterable=None, total=None, desc: str | None = None, enabled: bool = True,
+                 file_interval: float = 30.0, **kwargs):
+    """A tqdm progress bar on stderr: live on a terminal; in a file or pipe one line every ``file_interval``
+    seconds (and at the end), postfix updates included without forcing extra lines."""
+    import sys
+
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+
+    class _Bar(tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kw):
+            super().set_postfix(ordered_dict, refresh=refresh and tty, **kw)
+
+    if tty:
+        kwargs.setdefault("dynamic_ncols", True)
+        kwargs.setdefault("mininterval", 1.0)
+    else:
+        kwargs.pop("dynamic_ncols", None)
+        kwargs.update(file=_Lines(sys.stderr), mininterval=file_interval, ncols=110)
+    return _Bar(iterable, total=total, desc=desc, disable=not enabled, **kwargs)

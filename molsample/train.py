@@ -361,10 +361,9 @@ class Trainer:
         config_json = self.out / "config.json"
         config_json.with_name("config.json.tmp").write_text(json.dumps(self.exp.config.to_dict(), indent=2))
         os.replace(config_json.with_name("config.json.tmp"), config_json)
-        from tqdm import tqdm
+        from .runtime import progress_bar
         total = self.cfg.iterations
-        bar = tqdm(total=total, initial=self.state.iteration, disable=not self.progress,
-                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        bar = progress_bar(total=total, initial=self.state.iteration, enabled=self.progress)
         log = open(self.out / "log.jsonl", "a")
         last = {}
         try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +34,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .estimate import delta_f_from_population
+from .runtime import progress_bar
 
 from .md import _atomic_savez
 
@@ -445,9 +449,8 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
     res = {}
     p, dp = _expect(mbar, phi_positive(phi[keep]))
     res["p_phi_positive"] = {"value": p, "stderr": dp}
-    with np.errstate(divide="ignore"):
-        df = -math.log(p / (1 - p)) if 0 < p < 1 else (math.inf if p == 0 else -math.inf)
-    res["dF_phi_positive_minus_negative_kT"] = {"value": df, "stderr": dp / (p * (1 - p)) if 0 < p < 1 else math.nan}
+    df = delta_f_from_population(p, dp)
+    res["dF_phi_positive_minus_negative_kT"] = {"value": df.value, "stderr": df.stderr}
     res["basins"] = {}
     for name in BASINS:
         mu, sd = _expect(mbar, ind[name])
@@ -479,7 +482,8 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
     return res, log_w, phi, psi
 
 
-def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | None = None) -> dict:
+def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | None = None,
+                 progress: bool = True) -> dict:
     """Run every window (chains of windows in parallel processes; finished windows are reused) and
     analyse with MBAR.
 
@@ -513,11 +517,21 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     target = load_target(settings.system)
     geo = _geometry(np.asarray(target.positions)[None], target.topology)
     paths = chains(settings, workers, np.array([geo[n][0] for n in restrained_angles(settings)]))
-    with ProcessPoolExecutor(max_workers=len(paths), mp_context=multiprocessing.get_context("spawn")) as pool:
+    n_windows = len(all_centres(settings))
+    done = lambda: sum(1 for _ in workdir.glob("window_*.npz"))
+    with ProcessPoolExecutor(max_workers=len(paths), mp_context=multiprocessing.get_context("spawn")) as pool, \
+            progress_bar(total=n_windows, initial=done(), desc=f"umbrella {settings.system}", unit="window",
+                         enabled=progress) as bar:
         futures = [pool.submit(run_chain, settings, i, p, workdir) for i, p in enumerate(paths)]
+        while not all(f.done() for f in futures):
+            time.sleep(1.0)
+            bar.update(done() - bar.n)
         for f in futures:
             f.result()
-    files = [str(workdir / f"window_{k:04d}.npz") for k in range(len(all_centres(settings)))]
+        bar.update(done() - bar.n)
+    files = [str(workdir / f"window_{k:04d}.npz") for k in range(n_windows)]
+    if progress:
+        print(f"umbrella {settings.system}: MBAR over {n_windows} windows ...", file=sys.stderr, flush=True)
     wall = time.perf_counter() - t0
     kt = target.kt
     c_analysis = time.process_time()

@@ -190,8 +190,11 @@ def test_refining_the_base_on_its_own_weighted_draws_raises_its_ess():
         return ess(ict.log_weights(y, log_q).numpy(), n_boot=0).value
 
     before, after = fresh_ess(base), fresh_ess(refined)
-    assert len(log) == 1 and log[0]["draws"] == 50000 and abs(log[0]["ess_before"] - before) < 0.1
+    assert len(log) == 2 and log[0]["draws"] == 50000 and abs(log[0]["ess_before"] - before) < 0.1
     assert after > before + 0.05, (before, after)
+    # the refit's own draws measure it too, and the better of the two bases is the one returned
+    assert log[1]["ess_before"] > log[0]["ess_before"] and log[1]["kept_round"] == 1 and log[1]["beta"] is None
+    assert abs(log[1]["ess_before"] - after) < 0.1
 
 
 def test_the_tempering_exponent_keeps_the_asked_ess():

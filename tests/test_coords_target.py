@@ -136,3 +136,4 @@ def test_structured_base_beats_uniform_torsions_by_orders_of_magnitude(aldp):
     y_plain, log_q_plain = plain_proposal(ic, wh.mean, wh.std)(2000, gen)
     e_plain = ess(target.log_weights(y_plain, log_q_plain).numpy(), n_boot=0).value
     assert e_structured > 0.05 and e_structured > 20 * e_plain
+

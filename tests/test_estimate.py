@@ -65,3 +65,20 @@ def test_self_normalised_log_z_converges_at_rate_one_over_sqrt_m():
             vals.append(log_z(log_w.numpy(), n_boot=2).value - true)
         errors[m] = np.sqrt(np.mean(np.square(vals)))
     assert errors[500] / errors[8000] == pytest.approx(4.0, rel=0.3)
+
+
+def test_delta_f_from_a_population_is_the_log_odds_with_the_delta_method_error():
+    """One dF-from-population function for every tool: -log(p / (1 - p)), error dp / (p (1 - p)), the
+    infinities at p = 0 and 1 without an error, NaN kept; it agrees with delta_f on weighted samples."""
+    import math
+    from molsample.estimate import delta_f_from_population, log_odds
+    e = delta_f_from_population(0.2, 0.01)
+    assert abs(e.value - math.log(4.0)) < 1e-15 and abs(e.stderr - 0.01 / 0.16) < 1e-15
+    assert log_odds(0.0) == math.inf and log_odds(1.0) == -math.inf and math.isnan(log_odds(math.nan))
+    assert delta_f_from_population(0.0, 0.0).value == math.inf and math.isnan(delta_f_from_population(0.0, 0.0).stderr)
+    rng = np.random.default_rng(0)
+    lw = rng.normal(size=4000)
+    in_b = rng.random(4000) < 0.3
+    w = np.exp(lw)
+    p = w[in_b].sum() / w.sum()
+    assert abs(delta_f_from_population(p, 0.0).value - delta_f(lw, ~in_b, in_b, n_boot=0).value) < 1e-12

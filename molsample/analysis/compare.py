@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..estimate import delta_f_from_population
 from ..estimate import ess as kish_ess
 from .basins import BASINS, STATE_DEFINITIONS, basin_indicators, phi_positive
 from .ensembles import Ensemble, reduced_energies
@@ -74,12 +75,10 @@ def fraction(ens: Ensemble, indicator: np.ndarray, use_weights: bool = True) -> 
 
 
 def delta_f_from_fraction(p: float, dp: float) -> dict:
-    """dF = F(B) - F(A) = -log(p / (1 - p)) for p = P(B), with the delta-method error (NaN stays NaN)."""
-    if math.isnan(p):
-        return {"value": math.nan, "stderr": math.nan}
-    if not 0 < p < 1:
-        return {"value": math.inf if p == 0 else -math.inf, "stderr": math.nan}
-    return {"value": -math.log(p / (1 - p)), "stderr": dp / (p * (1 - p))}
+    """dF = F(B) - F(A) = -log(p / (1 - p)) for p = P(B), with the delta-method error, as a dict
+    (:func:`molsample.estimate.delta_f_from_population`)."""
+    e = delta_f_from_population(p, dp)
+    return {"value": e.value, "stderr": e.stderr}
 
 
 def _not_sampled(n_independent: float) -> dict:

@@ -102,6 +102,40 @@ def load_replica_run(file: Path, stride: int = 1) -> dict:
             "estimates": est, "settings": side["settings"], "meta": side}
 
 
+def load_packed_runs(file: Path) -> list[dict]:
+    """The independent runs inside a packed weighted reference, as the run loaders return them: each run's
+    own figures (``estimates['runs']``); the pooled samples and frames, which a packed file no longer
+    splits by run, go with the first run, whose ``share`` is the number of runs they pool (0 for the others)."""
+    d = dict(np.load(file))
+    est = json.loads(str(d["estimates"]))
+    settings = json.loads(str(d["settings"]))
+    per = est.get("runs") or [est]
+    settings = settings if isinstance(settings, list) else [settings]
+    meta = json.loads(str(d["meta"]))
+    out = []
+    for i, r in enumerate(per):
+        dF = {"value": r["dF_phi_positive_minus_negative_kT"]["value"],
+              "stderr": _run_se(r["dF_phi_positive_minus_negative_kT"])}
+        p = 1.0 / (1.0 + math.exp(dF["value"]))                 # p(phi > 0) from the run's dF, delta-method error
+        e = {"dF_phi_positive_minus_negative_kT": dF, "basins": r["basins"],
+             "p_phi_positive": {"value": p, "stderr": dF["stderr"] * p * (1 - p)}}
+        run = {"estimates": e, "settings": settings[i] if i < len(settings) else {}, "meta": meta, "share": 0,
+               "phi": np.zeros(0), "psi": np.zeros(0), "log_w": np.zeros(0), "energy": np.zeros(0),
+               "frames_xyz": np.zeros((0,) + d["frames_xyz"].shape[1:]), "frames_log_w": np.zeros(0)}
+        if i == 0:
+            lw = d["log_w"].astype(np.float64)
+            run.update(share=len(per), phi=d["phi"].astype(np.float64), psi=d["psi"].astype(np.float64),
+                       log_w=lw - np.logaddexp.reduce(lw), energy=d["energy"].astype(np.float64),
+                       frames_xyz=d["frames_xyz"], frames_log_w=d["frames_log_w"].astype(np.float64))
+        out.append(run)
+    return out
+
+
+def is_packed(file: Path) -> bool:
+    with np.load(file) as d:
+        return "compact_reference" in d.files
+
+
 def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n_frames: int = 3000,
                   provenance: str = "", stride: int = 1, frames_power: float = 1.0) -> Path:
     """Pack one or more independent runs (different seeds) of a weighted reference into one file.
@@ -113,16 +147,29 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
     probability proportional to w^frames_power, stored with log weights (1 - frames_power) log w so that
     the weighted frames are Boltzmann-distributed (frames_power 1: equal-weight frames; below 1 they
     cover rare states more often, which a proposal fitted to them needs); and ``estimates``: the runs'
-    figures combined (their mean), with each run's own figures (``estimates['runs']``)."""
+    figures combined (their mean), with each run's own figures (``estimates['runs']``). A file that is
+    itself a packed reference of the same kind adds its runs (a reference extended by new seeds)."""
     if kind not in REFERENCE_KINDS:
         raise ValueError(f"unknown reference kind {kind!r}; use one of {REFERENCE_KINDS}")
     files = [Path(f) for f in files]
-    runs = [load_umbrella_run(f, stride) if kind == "umbrella" else load_replica_run(f, stride) for f in files]
-    share = -math.log(len(runs))
+    runs = []
+    for f in files:
+        if is_packed(f):
+            with np.load(f) as d:
+                if str(d["kind"]) != kind:
+                    raise ValueError(f"{f}: a packed {str(d['kind'])!r} reference, not {kind!r}")
+            runs += load_packed_runs(f)
+        else:
+            runs.append(load_umbrella_run(f, stride) if kind == "umbrella" else load_replica_run(f, stride))
+    for r in runs:
+        r.setdefault("share", 1)
     rng = np.random.default_rng(0)
-    per_run = np.diff(np.linspace(0, n_frames, len(runs) + 1).round().astype(int))
+    cum = np.cumsum([0] + [r["share"] for r in runs]) / len(runs)
+    per_run = np.diff((cum * n_frames).round().astype(int))
     picks, pick_lw = [], []
     for r, n in zip(runs, per_run):
+        if r["share"] == 0:
+            continue
         lw = r["frames_log_w"] - np.logaddexp.reduce(r["frames_log_w"])
         w = np.exp(frames_power * (lw - lw.max()))
         i = rng.choice(len(w), size=int(n), replace=True, p=w / w.sum())
@@ -133,7 +180,7 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
         estimates = {**runs[0]["estimates"], **{k: v for k, v in estimates.items() if k != "runs"}}
     arrays = {"kind": kind, "phi": np.concatenate([r["phi"] for r in runs]).astype(np.float32),
               "psi": np.concatenate([r["psi"] for r in runs]).astype(np.float32),
-              "log_w": np.concatenate([r["log_w"] + share for r in runs]),
+              "log_w": np.concatenate([r["log_w"] + math.log(r["share"] / len(runs)) for r in runs if r["share"]]),
               "energy": np.concatenate([r["energy"] for r in runs]).astype(np.float32),
               "frames_xyz": np.concatenate(picks).astype(np.float32), "frames_log_w": np.concatenate(pick_lw),
               "frames_power": frames_power,

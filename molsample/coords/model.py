@@ -239,11 +239,13 @@ def refine_base(base: StructuredBase, target: InternalCoordinateTarget, bc: ICBa
     (the frames are only the start). Where the draws' ESS is below ``bc.refine_min_ess`` the refit is to
     w^beta (a tempered step towards the target, beta the largest that keeps that ESS), so that a poor
     start (a large molecule, few frames) moves by steps the weighted draws can support. Draws outside the
-    domain have weight 0. Returns the refined base
-    and, per round, the Kish ESS of the draws it was refitted to (that of the base before the refit)."""
+    domain have weight 0. A refit can also lose ESS (a few heavy weights move it), so after the last one the
+    base is drawn once more and the base whose draws had the largest Kish ESS is returned (every weight stays
+    exact whichever base is kept). Returns that base and, per round, the Kish ESS of the draws it was refitted
+    to (that of the base before the refit; the last entry measures the last refit and says which was kept)."""
     from ..estimate import ess
-    log = []
-    for r in range(bc.refine_rounds):
+
+    def weighted_draws():
         xs, lws = [], []
         with torch.no_grad():
             for start in range(0, bc.refine_samples, chunk):
@@ -254,19 +256,33 @@ def refine_base(base: StructuredBase, target: InternalCoordinateTarget, bc: ICBa
                 xs.append(x[keep].numpy())
                 lws.append(lw[keep].numpy())
         lw = np.concatenate(lws)
+        n_zero = bc.refine_samples - len(lw)
+        return np.concatenate(xs), lw, n_zero, ess(np.concatenate([lw, np.full(n_zero, -np.inf)]), n_boot=0).value
+
+    log, best = [], (-1.0, None, 0)
+    for r in range(bc.refine_rounds + 1):
+        x, lw, n_zero, kish = weighted_draws()
+        if kish > best[0]:
+            best = (kish, base, r)
+        if r == bc.refine_rounds:                       # the last refit's own ESS, measured on fresh draws
+            log.append({"round": r + 1, "draws": bc.refine_samples, "zero_weight": int(n_zero), "ess_before": kish,
+                        "beta": None})
+            break
         if len(lw) == 0:
             raise ValueError("refining the base: every draw has zero weight (no draw inside the domain); "
                              "check the reference frames")
-        zero = np.full(bc.refine_samples - len(lw), -np.inf)
-        kish = ess(np.concatenate([lw, zero]), n_boot=0).value
-        beta = 1.0 if kish >= bc.refine_min_ess else _tempering_exponent(lw, len(zero), bc.refine_min_ess)
-        log.append({"round": r + 1, "draws": bc.refine_samples, "zero_weight": int(len(zero)), "ess_before": kish,
+        beta = 1.0 if kish >= bc.refine_min_ess else _tempering_exponent(lw, n_zero, bc.refine_min_ess)
+        log.append({"round": r + 1, "draws": bc.refine_samples, "zero_weight": int(n_zero), "ess_before": kish,
                     "beta": beta})
         if progress:
             print(f"refine base: round {r + 1}/{bc.refine_rounds}, Kish ESS of its draws {kish:.3f}, refitted to "
                   f"w^{beta:.3g}", file=sys.stderr, flush=True)
-        base = StructuredBase.fit(base.ic, np.concatenate(xs), beta * lw, target.cartesian.topology, **bc.fit_kwargs())
-    return base, log
+        base = StructuredBase.fit(base.ic, x, beta * lw, target.cartesian.topology, **bc.fit_kwargs())
+    if progress:
+        print(f"refine base: the last refit's draws have Kish ESS {log[-1]['ess_before']:.3f}; kept the base of "
+              f"round {best[2]} (ESS {best[0]:.3f}; round 0 is the unrefined base)", file=sys.stderr, flush=True)
+    log[-1]["kept_round"] = best[2]
+    return best[1], log
 
 
 def _tempering_exponent(lw: np.ndarray, n_zero: int, min_ess: float, steps: int = 40) -> float:
@@ -340,7 +356,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
     log.jsonl). Resumable (``resume``: continue to the checkpoint's own target unless ``iterations`` is
     given); Ctrl-C / SIGTERM finish the iteration, write the checkpoint and raise Interrupted.
     Returns the training state (iteration, cpu_seconds, base fit time, last evaluation)."""
-    from tqdm import tqdm
+    from ..runtime import progress_bar
 
     from ..io import read_checkpoint
     from ..runtime import Interrupted, RunLock, stop_on_signal
@@ -394,8 +410,8 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
             st["base_eval"] = evaluate(sampler, tc.eval_samples, steps=tc.steps)
             st["last_eval"] = dict(st["base_eval"])
             save()
-        bar = tqdm(total=target_its, initial=st["iteration"], disable=not progress, dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, desc=f"train {cfg.target} (internal)")
+        bar = progress_bar(total=target_its, initial=st["iteration"], enabled=progress,
+                           desc=f"train {cfg.target} (internal)")
         log = open(out / "log.jsonl", "a")
         try:
             with stop_on_signal() as stop:

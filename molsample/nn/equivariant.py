@@ -1,6 +1,6 @@
 """An E(n)-equivariant, step-conditioned drift core for particle systems and molecules.
 
-Design (chosen for the CPU budget in BUDGETS.md, 256 alanine dipeptides fwd+bwd <= 0.25 s, and
+Design (chosen for a CPU budget of 256 alanine dipeptides fwd+bwd <= 0.25 s on 2 cores, and
 for cheap exact Jacobians): scalar-only messages on the dense graph of all pairs, from node types,
 a static edge type (bond-graph distance for molecules), a radial basis of the pair distance
 (e3nn's ``soft_one_hot_linspace``) and the (t, d) embedding; vector output as a sum of relative
@@ -11,7 +11,7 @@ position vectors weighted by invariant pair scalars,
 projected onto the zero-centroid subspace. Every input to the scalars is invariant under
 rotations, reflections, translations and permutations that preserve node and edge types, so v is
 E(s)-equivariant (s = 2 or 3) and permutation-equivariant; it is parity-even, so mirror images
-are drawn equally (see TARGETS.md on chirality). Full e3nn tensor products with l = 1 features
+are drawn equally (`molsample compare` folds D-alanine onto L for mirror-symmetric force fields). Full e3nn tensor products with l = 1 features
 were measured at 2-10 s for the same batch and are not used.
 """
 from __future__ import annotations
