@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from molsample.testing import random_orthogonal
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -25,10 +27,4 @@ def aldp_conformations() -> np.ndarray:
 
 
 def random_rotation(generator: torch.Generator, dim: int = 3, dtype=torch.float64, reflect=False) -> torch.Tensor:
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if torch.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    if reflect:
-        q[:, 0] = -q[:, 0]
-    return q.to(dtype)
+    return random_orthogonal(generator, dim, reflect=reflect, dtype=dtype)

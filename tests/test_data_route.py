@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from molsample.testing import random_orthogonal
+
 from molsample import losses
 from molsample.cli import main
 from molsample.data import FrameSampler, load_frames
@@ -61,9 +63,7 @@ def test_ot_coupling_is_a_permutation_that_lowers_the_cost():
 
 
 def _random_rotations(n, g):
-    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=g, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2))[:, None, :]
-    return q * torch.sign(torch.linalg.det(q))[:, None, None]        # Haar on SO(3)
+    return random_orthogonal(g, 3, batch=n)                            # Haar on SO(3)
 
 
 def _sorted_pair_distances(x):

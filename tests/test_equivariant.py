@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from molsample.testing import assert_equivariant
+
 from molsample.flow import DirectVelocity, Space, pf_step
 from molsample.jacobian import step_log_volume, velocity_jacobian
 from molsample.nn.equivariant import EquivariantCore, molecule_types
@@ -39,13 +41,7 @@ def test_rotation_reflection_translation_permutation_equivariance(s, dtype, tol)
     out = core(x, t, d)
     scale = out.abs().max()
     assert scale > 1e-3
-    for reflect in (False, True):
-        q = random_rotation(g, s, dtype, reflect=reflect)
-        assert ((core(x @ q.T, t, d) - out @ q.T).abs().max() / scale) < tol
-    shift = torch.randn(1, 1, s, generator=g, dtype=torch.float64).to(dtype) * 5
-    assert ((core(x + shift, t, d) - out).abs().max() / scale) < tol
-    perm = torch.randperm(n, generator=g)
-    assert ((core(x[:, perm], t, d) - out[:, perm]).abs().max() / scale) < tol
+    assert_equivariant(lambda y: core(y, t, d), x, g, tol, permutation=torch.randperm(n, generator=g))
     assert out.sum(1).abs().max() / scale < tol                        # zero centroid
 
 
@@ -102,3 +98,20 @@ def test_one_step_map_output_is_centre_of_mass_free():
     x = space.project(torch.randn(16, 7, 3))
     y = pf_step(DirectVelocity(core), x, 0.0, 1.0)
     assert y.mean(1).abs().max() < 1e-6
+
+
+def test_the_equivariance_assertion_fails_for_a_map_that_breaks_a_symmetry():
+    """molsample.testing.assert_equivariant is a check that can fail: a map that adds a fixed vector breaks
+    rotations, one that scales particle 0 breaks permutations, a chiral map breaks reflections."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)
+    centred = lambda y: y - y.mean(1, keepdim=True)
+    assert_equivariant(centred, x, g, 1e-12, permutation=torch.randperm(5, generator=g))
+    with pytest.raises(AssertionError, match="rotation"):
+        assert_equivariant(lambda y: centred(y) + torch.tensor([1.0, 0.0, 0.0], dtype=y.dtype), x, g, 1e-6)
+    weight = torch.tensor([2.0, 1, 1, 1, 1], dtype=torch.float64)[None, :, None]
+    with pytest.raises(AssertionError, match="permutation"):
+        assert_equivariant(lambda y: centred(y) * weight, x, g, 1e-6, permutation=torch.tensor([1, 0, 2, 3, 4]))
+    chiral = lambda y: torch.linalg.cross(centred(y), centred(y).roll(1, dims=1), dim=-1)
+    with pytest.raises(AssertionError, match="reflection"):
+        assert_equivariant(chiral, x, g, 1e-6, translations=False)

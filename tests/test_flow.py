@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from molsample.testing import random_orthogonal
 from scipy import integrate as sci_integrate
 
 from molsample.flow import CosineSchedule, DriftVelocity, Prior, Space, pf_step
@@ -406,7 +408,7 @@ def test_harmonic_prior_density_samples_and_score():
     yg = y.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(prior.log_prob(yg).sum(), yg)
     assert torch.allclose(space.project(grad), prior.score(y), atol=1e-10)
-    rot = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))[0]
+    rot = random_orthogonal(g, 3, reflect=True)
     assert torch.allclose(prior.log_prob(y @ rot.T), prior.log_prob(y), atol=1e-10)
     # without bonds it is the isotropic prior
     iso = HarmonicPrior(space, 2.0, [], 0.3)
