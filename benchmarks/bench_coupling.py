@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from molsample import losses
+from molsample import align
 from molsample.data import FrameSampler, load_frames
 from molsample.flow import Prior, Space
 from molsample.targets import load_target
@@ -47,12 +47,12 @@ def main() -> None:
         x0 = prior.sample(args.batch, gen, dtype=torch.float64)
         dist["independent"].append(float((x1 - x0).pow(2).sum((1, 2)).mean()))
         c = time.process_time()
-        y0 = losses.ot_coupling(x0, x1)
+        y0 = align.ot_coupling(x0, x1)
         cpu["minibatch OT"] += time.process_time() - c
         dist["minibatch OT"].append(float((x1 - y0).pow(2).sum((1, 2)).mean()))
         for m in modes:
             c = time.process_time()
-            y1 = losses.align_pairs(y0, x1, permute=m == "rotation-permutation")
+            y1 = align.align_pairs(y0, x1, permute=m == "rotation-permutation")
             cpu[f"OT + align {m}"] += time.process_time() - c
             dist[f"OT + align {m}"].append(float((y1 - y0).pow(2).sum((1, 2)).mean()))
     print(f"# {args.system}: {args.frames} ({len(x)} frames), prior s0 {args.s0}, batch {args.batch}, "

@@ -31,7 +31,7 @@ import torch
 
 from molsample.estimate import ess, log_z
 from molsample.flow import sobol_normal
-from molsample.losses import simulate_path
+from molsample.sde import simulate_path
 from molsample.sampler import describe_steps, off_training_grid, parse_steps, sample, step_grid, steps_label
 from molsample.train import load_checkpoint
 

@@ -22,7 +22,7 @@ import torch
 
 from molsample.analysis import energy_distance
 from molsample.estimate import ess, log_z
-from molsample.losses import simulate_path
+from molsample.sde import simulate_path
 from molsample.estimate import eubo
 from molsample.sampler import log_q_of, sample
 from molsample.train import load_checkpoint

@@ -30,7 +30,8 @@ import torch
 
 from molsample.estimate import ess, log_z, snis
 from molsample.flow import pf_step
-from molsample.losses import simulate_path, two_half_steps
+from molsample.losses import two_half_steps
+from molsample.sde import simulate_path
 from molsample.sampler import describe_steps, parse_steps, sample
 from molsample.targets.analytic import Funnel
 from molsample.train import load_checkpoint

@@ -28,7 +28,8 @@ import torch
 
 from molsample.estimate import ess
 from molsample.flow import pf_step
-from molsample.losses import self_consistency, simulate_path
+from molsample.losses import self_consistency
+from molsample.sde import simulate_path
 from molsample.sampler import integrate
 from molsample.targets.analytic import MultiWell
 from molsample.train import load_checkpoint

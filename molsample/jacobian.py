@@ -150,3 +150,107 @@ def lipschitz_ratio(step_jacobian: torch.Tensor, sigma: torch.Tensor, beta: torc
     measured version of that bound (a lower estimate of the global constant).
     """
     return residual_ratio(step_jacobian, 1 + 0.5 * d * beta)   # J - c I = (d sigma / 2) Q^T J_u Q
+
+
+# ------------------------------------------------------------------ stochastic estimates (training only)
+
+def _residual_step(velocity, x, t, d):
+    """(r, c) with Phi(x) = c x + r(x): c = 1 + d a(t), r = d (b - a x), a the velocity's linear rate
+    (0.5 beta for the energy route, 0 for the data route)."""
+    tt, dd = as_times(t, x), as_times(d, x)
+    a = velocity.linear_rate(tt)
+
+    def residual(z):
+        return _bt(dd, z) * (velocity(z, tt, dd) - _bt(a, z) * z)
+    return residual, 1 + dd * a
+
+
+def _unit(v):
+    return v / v.reshape(v.shape[0], -1).norm(dim=1).clamp_min(1e-12).reshape(-1, *[1] * (v.dim() - 1))
+
+
+def _jvp_fd(residual, x, v, h):
+    """J_r v by central differences (differentiable in the network's parameters)."""
+    return (residual(x + h * v) - residual(x - h * v)) / (2 * h)
+
+
+def _vjp(residual, x, w):
+    """J_r^T w by autograd, no graph kept."""
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(residual(xg), xg, w)
+    return g.detach()
+
+
+def step_lipschitz(velocity, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, space,
+                   generator: torch.Generator | None, iterations: int = 3, h: float = 1e-3) -> torch.Tensor:
+    """Differentiable estimate of each sample's Lipschitz ratio of Phi = c x + r(x): ||J_r||_2 / c
+    (METHOD's bound, target-score Hessian included). Phi is a bijection when it is below 1.
+
+    The top right-singular vector is found by ``iterations`` power steps (J v by central
+    differences, J^T w by autograd, no graph kept); ||J_r v|| is then evaluated by central
+    differences with the graph, so its gradient reaches the network. A lower estimate of the
+    spectral norm that becomes tight as the iteration converges.
+    """
+    residual, c = _residual_step(velocity, x, t, d)
+    x = x.detach()
+    v = _unit(space.project(torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)))
+    for _ in range(iterations):
+        with torch.no_grad():
+            jv = space.project(_jvp_fd(residual, x, v, h))
+        v = _unit(space.project(_vjp(residual, x, jv)))
+    jv = space.project(_jvp_fd(residual, x, v, h))
+    return jv.reshape(x.shape[0], -1).norm(dim=1) / c
+
+
+def step_monotonicity(velocity, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, space,
+                      generator: torch.Generator | None, iterations: int = 12, h: float = 1e-3) -> torch.Tensor:
+    """Differentiable estimate of each sample's smallest eigenvalue of the symmetric part of the
+    step Jacobian, divided by c: lambda_min((J + J^T) / 2) / c with J = c I + J_r on the space.
+
+    If it is positive everywhere (uniformly), Phi is strongly monotone, (Phi(x) - Phi(y)).(x - y) > 0,
+    hence injective, with no limit on expansion (optimal-transport maps, gradients of convex
+    functions, are monotone); a weaker requirement than the Lipschitz ratio below 1 whenever the
+    map must stretch some directions. The direction is the Ritz vector of the smallest Ritz value
+    after ``iterations`` Lanczos steps on S_r, the symmetric part of J_r (S_r v = (J_r v + J_r^T v)/2:
+    central differences and autograd, no graph kept; full reorthogonalisation), batched over
+    samples; the returned value is the Rayleigh quotient in that direction WITH the graph, so its
+    gradient reaches the network (an upper estimate of the minimum, tight once Lanczos converged;
+    exact after dof steps).
+    """
+    residual, c = _residual_step(velocity, x, t, d)
+    x = x.detach()
+    n = x.shape[0]
+    k = max(1, min(iterations, space.dof))
+
+    def sym(v):
+        with torch.no_grad():
+            jv = _jvp_fd(residual, x, v, h)
+        return space.project(0.5 * (jv + _vjp(residual, x, v))).reshape(n, -1)
+
+    def dot(a, b):
+        return (a * b).sum(1)
+
+    v = space.project(torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)).reshape(n, -1)
+    basis = [v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)]
+    alpha, beta = [], []
+    for j in range(k):
+        w = sym(basis[j].reshape(x.shape))
+        alpha.append(dot(w, basis[j]))
+        for _ in range(2):                               # full reorthogonalisation, twice (k is small;
+            for q in basis:                              # one pass is not enough after near-breakdown)
+                w = w - dot(w, q)[:, None] * q
+        if j == k - 1:
+            break
+        b = w.norm(dim=1)
+        beta.append(b)
+        basis.append(w / b[:, None].clamp_min(1e-30))
+    tri = torch.diag_embed(torch.stack(alpha, 1))
+    if beta:
+        off = torch.diag_embed(torch.stack(beta, 1), offset=1)
+        tri = tri + off + off.transpose(1, 2)
+    _, vecs = torch.linalg.eigh(tri.double())
+    ritz = (torch.stack(basis, 2) * vecs[:, None, :, 0].to(x)).sum(2)          # (n, dim)
+    u = (ritz / ritz.norm(dim=1, keepdim=True).clamp_min(1e-30)).reshape(x.shape)
+    quotient = (u * _jvp_fd(residual, x, u, h)).reshape(n, -1).sum(1)
+    return 1 + quotient / c

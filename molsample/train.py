@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import losses
+from . import align, jacobian, losses, sde
 from .build import Experiment, build
 from .config import ExperimentConfig
 from .estimate import ess as ess_estimate, log_z as log_z_estimate
@@ -149,7 +149,7 @@ class Trainer:
         """(base loss, distillation terms, logs) of one iteration; the optimiser minimises their sum."""
         exp, cfg, gen = self.exp, self.cfg, self.gen
         model = exp.model
-        path = losses.simulate_path(model, exp.schedule, exp.prior, exp.target, cfg.batch, cfg.n_base, gen,
+        path = sde.simulate_path(model, exp.schedule, exp.prior, exp.target, cfg.batch, cfg.n_base, gen,
                                     exp.dtype, exp.device, differentiable=cfg.diffusion_loss == "kl",
                                     score_fixed=cfg.detach_score, noise_scale=cfg.explore_noise)
         if cfg.diffusion_loss == "kl":
@@ -212,9 +212,9 @@ class Trainer:
             tb, db = t[rows], d[rows]
             if len(db):
                 if cfg.bij_form == "lipschitz":
-                    measure = losses.step_lipschitz(student, xb, tb, db, exp.space, gen, cfg.bij_iterations)
+                    measure = jacobian.step_lipschitz(student, xb, tb, db, exp.space, gen, cfg.bij_iterations)
                 else:
-                    measure = losses.step_monotonicity(student, xb, tb, db, exp.space, gen, cfg.bij_iterations)
+                    measure = jacobian.step_monotonicity(student, xb, tb, db, exp.space, gen, cfg.bij_iterations)
                 total = total + self.bijectivity_hinge(measure, logs, "bij")
         return total
 
@@ -424,9 +424,9 @@ class DataTrainer(Trainer):
         x1 = self.frames.sample(cfg.batch, gen)
         x0 = exp.prior.sample(cfg.batch, gen, dtype=exp.dtype).to(exp.device)
         if dc.ot_coupling:
-            x0 = losses.ot_coupling(x0, x1)
+            x0 = align.ot_coupling(x0, x1)
         if dc.align != "none":
-            x1 = losses.align_pairs(x0, x1, permute=dc.align == "rotation-permutation")
+            x1 = align.align_pairs(x0, x1, permute=dc.align == "rotation-permutation")
         t = torch.rand(cfg.batch, generator=gen, dtype=torch.float64).to(exp.dtype).to(exp.device)
         l_fm = losses.flow_matching_loss(exp.velocity(), x0, x1, t, 1.0 / cfg.n_base) / exp.schedule.s0**2
         base = dc.fm_weight * l_fm

@@ -8,7 +8,7 @@ import torch
 
 from molsample.testing import random_orthogonal
 
-from molsample import losses
+from molsample import align, losses
 from molsample.cli import main
 from molsample.data import FrameSampler, load_frames
 from molsample.flow import DirectVelocity, Space
@@ -57,7 +57,7 @@ def test_load_frames_checks_shape(tmp_path):
 def test_ot_coupling_is_a_permutation_that_lowers_the_cost():
     g = torch.Generator().manual_seed(1)
     x0, x1 = torch.randn(64, 4, 3, generator=g), torch.randn(64, 4, 3, generator=g) + 1.0
-    y0 = losses.ot_coupling(x0, x1)
+    y0 = align.ot_coupling(x0, x1)
     assert torch.equal(torch.sort(y0.reshape(64, -1), dim=0)[0], torch.sort(x0.reshape(64, -1), dim=0)[0])
     assert (y0 - x1).pow(2).sum() < (x0 - x1).pow(2).sum()
 
@@ -82,7 +82,7 @@ def test_align_pairs_moves_within_the_orbit_and_shortens_the_coupling(permute):
             else torch.arange(n).expand(64, n))
     noisy = x0 + 0.05 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
     x1 = torch.gather(noisy @ rot, 1, perm[..., None].expand(-1, -1, 3)) + 2.0      # off-centre on purpose
-    out = losses.align_pairs(x0, x1, permute=permute)
+    out = align.align_pairs(x0, x1, permute=permute)
     assert torch.allclose(out.mean(1), x1.mean(1))                                  # centroid kept
     assert torch.allclose(_sorted_pair_distances(out), _sorted_pair_distances(x1))  # same shape (orbit)
     c_in, c_out = x1 - x1.mean(1, keepdim=True), out - out.mean(1, keepdim=True)
@@ -105,7 +105,7 @@ def test_align_pairs_keeps_the_target_distribution():
     x1 = c.expand(m, n, 3).clone()
     x0 = torch.randn(m, n, 3, generator=g, dtype=torch.float64)
     x0 = x0 - x0.mean(1, keepdim=True)
-    out = losses.align_pairs(x0, x1, permute=True)
+    out = align.align_pairs(x0, x1, permute=True)
     which = torch.cdist(out[:, 0:1, :].norm(dim=-1, keepdim=True), c.norm(dim=-1)[:, None]).squeeze(1).argmin(-1)
     share = torch.bincount(which, minlength=n).double() / m
     assert torch.allclose(share, torch.full((n,), 1.0 / n, dtype=torch.float64), atol=0.015), share
@@ -123,8 +123,8 @@ def test_align_pairs_is_equivariant_in_the_prior_partner():
     rot = _random_rotations(16, g)
     perm = torch.stack([torch.randperm(7, generator=g) for _ in range(16)])
     moved = torch.gather(x0 @ rot, 1, perm[..., None].expand(-1, -1, 3))
-    a = losses.align_pairs(x0, x1, permute=True)
-    b = losses.align_pairs(moved, x1, permute=True)
+    a = align.align_pairs(x0, x1, permute=True)
+    b = align.align_pairs(moved, x1, permute=True)
     assert torch.allclose(torch.gather(a @ rot, 1, perm[..., None].expand(-1, -1, 3)), b, atol=1e-9)
 
 
@@ -237,9 +237,9 @@ def test_align_pairs_on_cuda_matches_cpu(permute):
     g = torch.Generator().manual_seed(5)
     x0 = torch.randn(16, 6, 3, generator=g, dtype=torch.float64)
     x1 = torch.randn(16, 6, 3, generator=g, dtype=torch.float64)
-    out = losses.align_pairs(x0.cuda(), x1.cuda().float(), permute=permute)
+    out = align.align_pairs(x0.cuda(), x1.cuda().float(), permute=permute)
     assert out.device.type == "cuda" and out.dtype == torch.float32
-    assert torch.allclose(out.cpu().double(), losses.align_pairs(x0, x1, permute=permute), atol=1e-5)
+    assert torch.allclose(out.cpu().double(), align.align_pairs(x0, x1, permute=permute), atol=1e-5)
 
 
 @pytest.mark.cuda

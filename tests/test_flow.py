@@ -10,8 +10,9 @@ from scipy import integrate as sci_integrate
 
 from molsample.flow import CosineSchedule, DriftVelocity, Prior, Space, pf_step
 from molsample.jacobian import lipschitz_ratio, monotonicity, step_log_volume, velocity_jacobian
+from molsample.jacobian import step_lipschitz, step_monotonicity
 from molsample.losses import (bijectivity_penalty, energy_hessian_diagonal, marginal_precision, self_consistency,
-                              step_lipschitz, step_monotonicity, volume_consistency)
+                              volume_consistency)
 from molsample.nn import LangevinDrift, MLPCore
 from molsample.sampler import integrate
 from molsample.targets import Funnel, GaussianMixture, LennardJones
@@ -351,7 +352,7 @@ def test_monotonicity_allows_stretching_but_not_folding():
 def test_path_weights_are_exact_for_the_true_score_as_steps_shrink():
     # target = prior N(0, s0^2) (normalised, log Z = 0): the Langevin drift with NN = 0 is the exact
     # score, so the ELBO of the N-step path tends to log Z = 0 and its variance to 0 as N grows
-    from molsample.losses import simulate_path
+    from molsample.sde import simulate_path
     from molsample.targets import GaussianMixture
     s0 = 3.0
     target = GaussianMixture(n_modes=1, dim=4, means=[[0.0] * 4], std=s0)

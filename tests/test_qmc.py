@@ -5,7 +5,7 @@ import torch
 from scipy import stats
 
 from molsample.flow import HarmonicPrior, Prior, Space, sobol_normal
-from molsample.losses import simulate_path
+from molsample.sde import simulate_path
 from molsample.sampler import sample
 from molsample.targets import GaussianMixture
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from molsample import losses
+from molsample import jacobian, losses, sde
 from molsample.cli import main
 from molsample.config import ConfigError, ExperimentConfig
 from molsample.train import (CHECKPOINT, Trainer, TrainingDiverged, build, learning_rate, load_checkpoint,
@@ -115,7 +115,7 @@ def test_a_training_path_with_nan_states_is_a_skipped_non_finite_iteration(tmp_p
     def diverged_path(*args, **kwargs):
         return target.energy(torch.full((2, *target.event_shape), float("nan")))
 
-    monkeypatch.setattr(losses, "simulate_path", diverged_path)
+    monkeypatch.setattr(sde, "simulate_path", diverged_path)
     logs = trainer.step()
     assert logs["skipped"] and "NaN or inf" in logs["nonfinite_states"]
     assert trainer.state.nonfinite_total == 1 and trainer.state.iteration == 2
@@ -319,8 +319,8 @@ def test_half_the_hinge_states_can_start_from_a_wider_prior(tmp_path, monkeypatc
     calls, hinged = [], []
     real_states = trainer.flow_states
     trainer.flow_states = lambda t, d, scale=1.0: calls.append((t, d, scale)) or real_states(t, d, scale)
-    real_mono = losses.step_monotonicity
-    monkeypatch.setattr(losses, "step_monotonicity", lambda v, x, *rest: hinged.append(x) or real_mono(v, x, *rest))
+    real_mono = jacobian.step_monotonicity
+    monkeypatch.setattr(jacobian, "step_monotonicity", lambda v, x, *rest: hinged.append(x) or real_mono(v, x, *rest))
     logs = trainer.step()
     assert [c[2] for c in calls] == [1.0, 3.0] and len(calls[1][0]) == 32 and logs["bij"] > 0
     assert len(hinged) == 1 and hinged[0].shape[0] == 64
@@ -337,8 +337,8 @@ def test_the_hinge_can_be_kept_to_the_coarse_steps(tmp_path, monkeypatch):
     base = ["train.sd_start=0", "train.bij_weight=1.0", "train.bij_form=monotone", "train.bij_bound=1e6",
             "train.sd_batch=64"]
     seen = []
-    real_mono = losses.step_monotonicity
-    monkeypatch.setattr(losses, "step_monotonicity",
+    real_mono = jacobian.step_monotonicity
+    monkeypatch.setattr(jacobian, "step_monotonicity",
                         lambda v, x, t, d, *rest: seen.append(d.clone()) or real_mono(v, x, t, d, *rest))
     cfg = ExperimentConfig.load(TINY, base)
     make_trainer(build(cfg), tmp_path / "all", progress=False).step()

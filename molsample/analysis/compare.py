@@ -14,6 +14,7 @@ import numpy as np
 
 from ..estimate import delta_f_from_population
 from ..estimate import ess as kish_ess
+from .distances import pair_distances
 from .basins import BASINS, STATE_DEFINITIONS, basin_indicators, phi_positive
 from .ensembles import Ensemble, reduced_energies
 from .stats import histogram_kl, torus_w2, wasserstein_1d
@@ -145,11 +146,6 @@ def energy_metrics(sample: Ensemble, ref: Ensemble, use_weights: bool) -> dict:
     return {"energy_w1_kT": wasserstein_1d(ref.energy, sample.energy[ok], wr, None if ws is None else ws[ok], 1),
             "energy_w2_kT": wasserstein_1d(ref.energy, sample.energy[ok], wr, None if ws is None else ws[ok], 2),
             "mean_energy_kT": float(np.average(sample.energy[ok], weights=None if ws is None else ws[ok]))}
-
-
-def pair_distances(x: np.ndarray) -> np.ndarray:
-    i, j = np.triu_indices(x.shape[1], 1)
-    return np.linalg.norm(x[:, i] - x[:, j], axis=-1)
 
 
 def particle_metrics(sample: Ensemble, ref: Ensemble, target, use_weights: bool, n_eq: int = 100) -> dict:

@@ -1,6 +1,7 @@
 """Distances between sample sets."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -30,3 +31,9 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor, weights_x: torch.Tensor | 
     dxx = torch.cdist(x, x)
     dyy = torch.cdist(y, y)
     return float(2 * wx @ dxy @ wy - wx @ dxx @ wx - wy @ dyy @ wy)
+
+
+def pair_distances(x: np.ndarray) -> np.ndarray:
+    """All pair distances of each configuration: x (M, N, s) -> (M, N (N - 1) / 2), same units."""
+    i, j = np.triu_indices(x.shape[1], 1)
+    return np.linalg.norm(x[:, i] - x[:, j], axis=-1)

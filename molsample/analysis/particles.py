@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .stats import resample_indices
+
 
 def _centre(x: np.ndarray) -> np.ndarray:
     return x - x.mean(axis=-2, keepdims=True)
@@ -58,10 +60,7 @@ def equivariant_w2(x: np.ndarray, y: np.ndarray, wx=None, wy=None, n: int = 200,
     rng = np.random.default_rng(seed)
 
     def pick(z, w):
-        if w is None:
-            return z[rng.choice(len(z), size=min(n, len(z)), replace=False)]
-        w = np.asarray(w, float) / np.sum(w)
-        return z[rng.choice(len(z), size=n, replace=True, p=w)]
+        return z[resample_indices(rng, len(z), n, w, replace_unweighted=False)]
 
     a, b = pick(np.asarray(x, float), wx), pick(np.asarray(y, float), wy)
     cost = np.array([[aligned_sq_distance(ai, bj) for bj in b] for ai in a])

@@ -80,7 +80,7 @@ def comparison_figures(sample, ref, out_dir: Path) -> list[Path]:
 
 def pair_distance_figure(sample, ref, path: Path) -> Path:
     """Histogram of all interparticle distances (particle systems)."""
-    from .compare import pair_distances
+    from .distances import pair_distances
     plt = _plt()
     d_ref, d_s = pair_distances(ref.x), pair_distances(sample.x)
     bins = np.linspace(0, np.percentile(np.concatenate([d_ref.ravel(), d_s.ravel()]), 99.5), 80)

@@ -19,6 +19,15 @@ def _norm_w(w, n):
     return w / w.sum()
 
 
+def resample_indices(rng: np.random.Generator, m: int, n: int, w=None, replace_unweighted: bool = True) -> np.ndarray:
+    """n indices into m items drawn with probability proportional to the weights w (multinomial, with
+    replacement); without weights uniformly, with replacement, or without it (a subsample of min(n, m)) if
+    ``replace_unweighted`` is False."""
+    if w is None and not replace_unweighted:
+        return rng.choice(m, size=min(n, m), replace=False)
+    return rng.choice(m, size=n, replace=True, p=_norm_w(w, m))
+
+
 def histogram_kl(p_samples, q_samples, bins, p_weights=None, q_weights=None) -> float:
     """KL(P || Q) between binned distributions (P the reference). Bins where P is empty contribute 0;
     an empty Q bin gets probability KL_FLOOR = 1e-10 (so the value is finite but large).
@@ -61,8 +70,7 @@ def torus_w2(a, b, wa=None, wb=None, n: int = 1500, seed: int = 0) -> float:
     from scipy.optimize import linear_sum_assignment
     rng = np.random.default_rng(seed)
     a, b = np.asarray(a, float), np.asarray(b, float)
-    ia = rng.choice(len(a), size=n, replace=True, p=_norm_w(wa, len(a)))
-    ib = rng.choice(len(b), size=n, replace=True, p=_norm_w(wb, len(b)))
+    ia, ib = resample_indices(rng, len(a), n, wa), resample_indices(rng, len(b), n, wb)
     d = np.abs(a[ia][:, None, :] - b[ib][None, :, :])
     d = np.minimum(d, 2 * np.pi - d)
     cost = (d**2).sum(-1)
