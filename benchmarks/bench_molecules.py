@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from molsample.analysis.compare import compare
-from molsample.analysis.ensembles import load_ensemble
+from molsample.analysis.ensembles import Ensemble, load_ensemble
+from molsample.io import save_samples
 from molsample.sampler import sample
 from molsample.train import load_checkpoint
 
@@ -54,10 +55,9 @@ def main() -> None:
         s = sample(exp.velocity(), exp.prior, exp.target, args.n, k, "exact", gen, batch_size=args.batch,
                    dtype=exp.dtype, schedule=exp.schedule if exp.route == "energy" else None)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-        f = out / f"K{k}.npz"
-        np.savez(f, x=s.x.double().numpy(), log_q=s.log_q.double().numpy(), log_w=s.log_w.double().numpy(),
-                 log_prob=s.log_prob.double().numpy(), meta=json.dumps({"system": exp.target.name, "steps": k}))
-        ens = load_ensemble([f], exp.target, f"K={k}")
+        save_samples(out / f"K{k}.npz", "samples", {"system": exp.target.name, "steps": k}, x=s.x.double().numpy(),
+                     log_q=s.log_q.double().numpy(), log_w=s.log_w.double().numpy(), log_prob=s.log_prob.double().numpy())
+        ens = Ensemble.from_samples(s.x.double(), s.log_w.double(), exp.target, f"K={k}")
         m = compare(ens, ref, exp.target)
         m.update(steps=k, cpu_seconds=cpu, wall_seconds=wall, n_nonpositive_det=s.n_nonpositive_det,
                  lipschitz_max=s.lipschitz_max, fraction_lipschitz_below_1=s.info["fraction_lipschitz_below_1"],

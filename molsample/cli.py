@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import save_samples
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2) instead of the usage block."""
@@ -51,15 +53,6 @@ positive_int = _number(_integer, lambda v: v >= 1, "a positive integer")
 nonnegative_int = _number(_integer, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0, "a positive number")
 nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
-
-
-def _atomic_npz(path: Path, **arrays) -> None:
-    """np.savez to a temporary file beside ``path``, then renamed over it (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def _cmd_systems(args) -> int:
@@ -215,9 +208,8 @@ def _cmd_sample(args) -> int:
             "fraction_monotone": s.info["fraction_monotone"] if np.isfinite(s.info["fraction_monotone"]) else None,
             "log_z_true": exp.target.log_z, "training_iterations": ckpt["state"]["iteration"],
             "training_cpu_seconds": ckpt["state"]["cpu_seconds"]}
-    _atomic_npz(out, x=s.x.double().cpu().numpy(), log_q=s.log_q.double().cpu().numpy(),
-                log_w=s.log_w.double().cpu().numpy(), log_prob=s.log_prob.double().cpu().numpy(),
-                meta=json.dumps(meta))
+    save_samples(out, "samples", meta, x=s.x.double().cpu().numpy(), log_q=s.log_q.double().cpu().numpy(),
+                 log_w=s.log_w.double().cpu().numpy(), log_prob=s.log_prob.double().cpu().numpy())
     if args.traj:
         _write_traj(args.traj, s.x.double().cpu().numpy(), exp.target.topology)
     print(f"wrote {args.n} samples ({describe_steps(args.steps)}, {args.weights} weights, {s.seconds:.1f} s) to {out}"
@@ -270,7 +262,7 @@ def _sample_internal(args, ckpt: dict, out: Path) -> int:
             "training_iterations": ckpt["state"]["iteration"], "training_cpu_seconds": ckpt["state"]["cpu_seconds"],
             "base_fit_cpu_seconds": ckpt["state"].get("base_fit_cpu_seconds")}
     log_w = d["log_w"].numpy()
-    _atomic_npz(out, x=x, log_q=d["log_q"].numpy(), log_w=log_w, meta=json.dumps(meta))
+    save_samples(out, "samples", meta, x=x, log_q=d["log_q"].numpy(), log_w=log_w)
     if args.traj:
         _write_traj(args.traj, x, sampler.cartesian.topology)
     from .estimate import ess
@@ -471,7 +463,7 @@ def _cmd_mcmc(args) -> int:
     meta = {"system": target.name, "sampler": "MALA", "chains": args.chains, "steps": args.steps, "burn": args.burn,
             "thin": args.thin, "temperatures": args.temperatures, "step": res.step, "acceptance": res.acceptance, "seed": args.seed,
             "energy_statistical_inefficiency_per_kept_state": float(np.mean(g)), "torch": torch.__version__}
-    _atomic_npz(out, xyz=xyz, energy=res.energy.reshape(-1), meta=json.dumps(meta))
+    save_samples(out, "mcmc", meta, xyz=xyz, energy=res.energy.reshape(-1))
     print(f"wrote {len(xyz)} states ({args.chains} chains, acceptance {res.acceptance:.2f}, step {res.step:.3g}, "
           f"energy inefficiency {np.mean(g):.1f} kept states) to {out}")
     return 0
@@ -522,16 +514,8 @@ def _cmd_pack(args) -> int:
 
 
 def _meta_of(data: dict, path) -> dict:
-    """The JSON 'meta' record of a molsample .npz ({} if it has none)."""
-    if "meta" not in data:
-        return {}
-    try:
-        meta = json.loads(str(data["meta"]))
-    except json.JSONDecodeError:
-        raise ValueError(f"{path}: its 'meta' entry is not JSON") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: its 'meta' entry is not a JSON object")
-    return meta
+    from .io import read_meta
+    return read_meta(data, path)
 
 
 def _system_of(path: str) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .flow import Space
-from .io import InputError, TopologyMismatchError, open_npz, read_positions
+from .io import InputError, TopologyMismatchError, open_npz, read_positions, samples_kind
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -31,21 +31,25 @@ def resolve_path(path: str | Path) -> Path:
 def load_frames(path: str | Path, target) -> tuple[np.ndarray, np.ndarray]:
     """Frames (M, *event_shape) float64 and their log weights (M,) (zeros when the file has none).
 
-    Reads ``frames_xyz`` (+ ``frames_log_w``) from umbrella outputs and compact references,
-    ``xyz`` (+ ``log_w``) from sampler outputs, or any trajectory mdtraj reads.
+    Reads ``frames_xyz`` (+ ``frames_log_w``) from umbrella outputs and compact references, ``x`` (+
+    ``log_w``) from sampler outputs, ``xyz`` from MCMC or position files, or any trajectory mdtraj reads.
     """
     path = resolve_path(path)
     if path.suffix == ".npz":
         z = open_npz(path)
-        if "frames_xyz" in z:
+        try:
+            kind = samples_kind(z)
+        except InputError:
+            raise InputError(f"{path}: expected 'frames_xyz', 'x' or 'xyz' in the .npz, found {sorted(z)}") from None
+        if "frames_xyz" in z:                                   # references: weighted frames
             x = np.asarray(z["frames_xyz"], dtype=np.float64)
             lw = np.asarray(z["frames_log_w"], dtype=np.float64) if "frames_log_w" in z else np.zeros(len(x))
-        elif "xyz" in z:
-            x = np.asarray(z["xyz"], dtype=np.float64)
+        elif kind in ("samples", "mcmc", "positions"):        # a sampler's draws with their weights, or positions
+            x = np.asarray(z["x"] if "x" in z else z["xyz"], dtype=np.float64)
             lw = np.asarray(z["log_w"], dtype=np.float64) if "log_w" in z and len(z["log_w"]) == len(x) \
                 else np.zeros(len(x))
         else:
-            raise InputError(f"{path}: expected 'frames_xyz' or 'xyz' in the .npz, found {sorted(z)}")
+            raise InputError(f"{path}: a {kind!r} file holds no frames, expected 'frames_xyz', 'x' or 'xyz'")
         if len(x) == 0:
             raise InputError(f"{path}: holds no frames; the data route needs reference frames")
     else:

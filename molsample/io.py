@@ -271,3 +271,71 @@ def read_pdb(path: str | Path):
     xyz = [np.asarray(pdb.getPositions(asNumpy=True, frame=i).value_in_unit(unit.nanometer), dtype=np.float64)
            for i in range(pdb.getNumFrames())]
     return mdtraj.Topology.from_openmm(pdb.topology), _nonempty(np.stack(xyz), Path(path))
+
+
+# ------------------------------------------------------------------ samples files
+
+SAMPLES_SCHEMA = 1
+SAMPLE_KINDS = ("samples", "mcmc", "umbrella", "umbrella-window", "replica-exchange", "reference", "md-energies")
+
+
+def save_samples(path: str | Path, kind: str, meta: dict | None = None, compressed: bool = False,
+                 **arrays) -> Path:
+    """Write a molsample .npz: the arrays, ``kind`` (one of SAMPLE_KINDS), the schema version and a JSON
+    ``meta`` record, to a temporary file beside ``path`` renamed over it (never half-written).
+
+    kind 'samples' (a sampler's output) holds x (M, N, s) nm (or reduced units), log_q (M,) and log_w (M,);
+    'mcmc' holds xyz and energy; the reference kinds hold what their writers document."""
+    import json
+    import os
+    if kind not in SAMPLE_KINDS:
+        raise ValueError(f"unknown samples kind {kind!r}; use one of {SAMPLE_KINDS}")
+    if kind == "samples" and not {"x", "log_q", "log_w"} <= set(arrays):
+        raise ValueError("a 'samples' file needs x, log_q and log_w")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        (np.savez_compressed if compressed else np.savez)(f, kind=kind, schema=SAMPLES_SCHEMA,
+                                                          meta=json.dumps(meta or {}, default=float), **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def samples_kind(data: dict) -> str:
+    """The kind of a molsample .npz: recorded since schema 1; for older files the one rule that tells them
+    apart by the arrays they hold."""
+    if "kind" in data and "schema" in data:
+        return str(data["kind"])
+    keys = set(data)
+    if "compact_reference" in keys:
+        return "reference"
+    if "temperatures_K" in keys:
+        return "replica-exchange"
+    if "centre" in keys:
+        return "umbrella-window"
+    if "frames_xyz" in keys:
+        return "umbrella"
+    if "x" in keys and "log_q" in keys:
+        return "samples"
+    if "xyz" in keys and "energy" in keys and "meta" in keys:
+        return "mcmc"
+    if "energy_kj_per_mol" in keys and "reduced_energy" in keys:
+        return "md-energies"
+    if "xyz" in keys or "x" in keys:
+        return "positions"
+    raise InputError(f"not a molsample samples file: it holds {sorted(keys)}")
+
+
+def read_meta(data: dict, path) -> dict:
+    """The JSON 'meta' record of a molsample .npz ({} if it has none)."""
+    import json
+    if "meta" not in data:
+        return {}
+    try:
+        meta = json.loads(str(data["meta"]))
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: its 'meta' entry is not JSON") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: its 'meta' entry is not a JSON object")
+    return meta

@@ -84,7 +84,8 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
                    progress: bool = True) -> QuickstartResult:
     """Sample, weight, compare; write ``out_dir``/report.md. See the module docstring."""
     from .analysis.compare import compare, write_report
-    from .analysis.ensembles import load_ensemble
+    from .analysis.ensembles import Ensemble
+    from .io import save_samples
     from .train import load_checkpoint
 
     t_start = time.perf_counter()
@@ -118,10 +119,10 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
             "fraction_monotone": float((mono > 0).double().mean()),
             "training_iterations": ckpt["state"]["iteration"], "training_cpu_seconds": ckpt["state"]["cpu_seconds"]}
     samples = out / "samples.npz"
-    np.savez(samples, x=x[:m].double().cpu().numpy(), log_q=log_q.double().cpu().numpy(),
-             log_w=log_w.double().cpu().numpy(), log_prob=log_prob.double().cpu().numpy(), meta=json.dumps(meta))
+    save_samples(samples, "samples", meta, x=x[:m].double().cpu().numpy(), log_q=log_q.double().cpu().numpy(),
+                 log_w=log_w.double().cpu().numpy(), log_prob=log_prob.double().cpu().numpy())
     np.savez_compressed(out / "raw_all.npz", xyz=x.float().cpu().numpy())
-    sample = load_ensemble([samples], exp.target, "one-step sampler")
+    sample = Ensemble.from_samples(x[:m].double(), log_w.double(), exp.target, "one-step sampler")
     sections = _comparisons(sample, exp.target, out)
     total = time.perf_counter() - t_start
     meta["seconds_total"] = total
@@ -170,8 +171,9 @@ def _run_internal(checkpoint: Path, ckpt: dict, out: Path, n: int, seed: int, de
     """Quickstart with an internal-coordinate model: every one of the n samples gets its exact weight."""
     from .runtime import progress_bar
 
-    from .analysis.ensembles import load_ensemble
+    from .analysis.ensembles import Ensemble
     from .coords.model import load_internal_checkpoint
+    from .io import save_samples
     from .estimate import ess
     if str(device) != "cpu":
         raise ValueError(f"--device {device}: the internal-coordinate sampler runs on the CPU for now")
@@ -194,8 +196,8 @@ def _run_internal(checkpoint: Path, ckpt: dict, out: Path, n: int, seed: int, de
             "base_fit_cpu_seconds": st.get("base_fit_cpu_seconds")}
     samples = out / "samples.npz"
     log_w = d["log_w"].numpy()
-    np.savez(samples, x=d["x"].numpy(), log_q=d["log_q"].numpy(), log_w=log_w, meta=json.dumps(meta))
-    sample = load_ensemble([samples], target, "one-step sampler")
+    save_samples(samples, "samples", meta, x=d["x"].numpy(), log_q=d["log_q"].numpy(), log_w=log_w)
+    sample = Ensemble.from_samples(d["x"], log_w, target, "one-step sampler")
     sections = _comparisons(sample, target, out)
     total = time.perf_counter() - t_start
     meta["seconds_total"] = total

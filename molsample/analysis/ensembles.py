@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError, open_npz, read_positions
+from ..io import InputError, open_npz, read_positions, samples_kind
 
 
 @dataclass
@@ -29,6 +29,18 @@ class Ensemble:
     @property
     def correlated(self) -> bool:
         return bool(self.segments)
+
+    @classmethod
+    def from_samples(cls, x, log_w, target, label: str = "sampler") -> "Ensemble":
+        """An ensemble of a sampler's draws held in memory (x (M, *event_shape), log_w (M,) or None; numpy
+        or torch), prepared like a samples file (energies, D-to-L folding, dihedrals) without a trip to disk."""
+        x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
+        if log_w is not None:
+            log_w = np.asarray(log_w.detach().cpu().numpy() if hasattr(log_w, "detach") else log_w, dtype=np.float64)
+        if x.shape[1:] != tuple(target.event_shape):
+            raise ValueError(f"positions of shape {x.shape[1:]}, but {target.name} has {tuple(target.event_shape)}")
+        return _finish(cls(label, "sampler" if log_w is not None else "samples", x, reduced_energies(target, x),
+                           log_w=log_w), target, getattr(target, "topology", None))
 
 
 def chirality_signs(x: np.ndarray, topology) -> np.ndarray:
@@ -82,18 +94,17 @@ def load_ensemble(paths: list[str | Path], target, label: str | None = None) -> 
             if key in data and (data[key].ndim < 2 or len(data[key]) == 0):
                 raise InputError(f"{first}: '{key}' holds no conformations (shape {data[key].shape}); at least "
                                  "one is needed")
-        if "compact_reference" in keys:
+        kind = samples_kind(data) if keys & {"x", "xyz", "frames_xyz", "kind"} else None
+        if kind == "reference":
             return _compact(first, data, target, label)
-        if "frames_xyz" in keys:
+        if kind in ("umbrella", "replica-exchange") and "frames_xyz" in keys and "phi" in keys:
             return _umbrella(first, data, target, label)
-        if "x" in keys or "xyz" in keys:
+        if kind in ("samples", "mcmc", "positions"):
             x = data.get("x", data.get("xyz"))
-            if x.shape[1:] != tuple(target.event_shape):
-                raise ValueError(f"{first}: positions of shape {x.shape[1:]}, but {target.name} has "
-                                 f"{tuple(target.event_shape)}")
-            log_w = data.get("log_w")
-            return _finish(Ensemble(label, "sampler" if log_w is not None else "samples", x, reduced_energies(target, x),
-                                    log_w=log_w), target, topology)
+            try:
+                return Ensemble.from_samples(x, data.get("log_w"), target, label)
+            except ValueError as exc:
+                raise ValueError(f"{first}: {exc}") from None
         raise ValueError(f"{first}: expected 'x' (molsample sample), 'xyz' or an umbrella reference")
     xs, segments = [], []
     for p in paths:
