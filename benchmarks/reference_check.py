@@ -161,6 +161,19 @@ def main() -> None:
             checks[label] = zmax
             print(f"| {label} | " + " | ".join(f"{v['value']:.{dig}f} +- {v['stderr']:.{dig}f}" for v in vals)
                   + f" | {zmax:.2f} | {comb['value']:.{dig}f} +- {comb['stderr']:.{dig}f} |")
+        # the error bar checked: the runs' scatter against their stated errors (chi^2 of the mean)
+        vals = np.array([e[DF]["value"] for e in est])
+        ses = np.array([_run_se(e[DF]) for e in est])
+        spread = {}
+        if len(vals) > 2:
+            chi2 = float((((vals - vals.mean()) / ses) ** 2).sum())
+            from scipy.stats import chi2 as chi2_dist
+            spread = {"sd_of_runs": float(vals.std(ddof=1)), "se_of_mean_from_spread": float(vals.std(ddof=1) / math.sqrt(len(vals))),
+                      "chi2": chi2, "dof": len(vals) - 1, "p_value": float(chi2_dist.sf(chi2, len(vals) - 1))}
+            print(f"\nScatter of the {len(vals)} runs' dF: standard deviation {spread['sd_of_runs']:.3f} kT against stated "
+                  f"errors {ses.min():.3f}-{ses.max():.3f}; chi^2 {chi2:.1f} on {len(vals) - 1} degrees of freedom "
+                  f"(p = {spread['p_value']:.3f}); the error of the mean from the scatter is "
+                  f"{spread['se_of_mean_from_spread']:.3f} kT (stated {both[DF]['stderr']:.3f})")
         # runs from a packed file record no CPU time: count them at the mean of the runs that do
         known = [r for r in runs if math.isfinite(r["cpu_seconds"])]
         cpu = len(runs) * np.mean([r["cpu_seconds"] for r in known]) if known else math.nan
@@ -185,7 +198,7 @@ def main() -> None:
                                           "cpu_seconds_analysis": r["cpu_seconds_analysis"]}
                                          for r, e in zip(runs, est)],
                                 "halves_z": checks, "combined": {k: v for k, v in both.items() if k != "runs"},
-                                "cpu_seconds": cpu, "cpu_seconds_analysis": cpu_an, **cost}
+                                "cpu_seconds": cpu, "cpu_seconds_analysis": cpu_an, "dF_scatter": spread, **cost}
         if md is None:
             continue
         mdp = md["p_alphaR_given_neg"]

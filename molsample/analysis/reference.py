@@ -174,7 +174,8 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
         w = np.exp(frames_power * (lw - lw.max()))
         i = rng.choice(len(w), size=int(n), replace=True, p=w / w.sum())
         picks.append(r["frames_xyz"][i])
-        pick_lw.append((1.0 - frames_power) * lw[i])
+        plw = (1.0 - frames_power) * lw[i]        # each run's frames carry its share of the total weight
+        pick_lw.append(plw - np.logaddexp.reduce(plw) + math.log(r["share"] / len(runs)))
     estimates = combine_estimates([r["estimates"] for r in runs])
     if len(runs) == 1:            # one run keeps all its figures (profile, overlap, ...), with the error used above
         estimates = {**runs[0]["estimates"], **{k: v for k, v in estimates.items() if k != "runs"}}
