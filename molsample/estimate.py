@@ -84,7 +84,10 @@ def snis(log_w, values, n_boot: int = 200, rng: np.random.Generator | None = Non
     rng = rng or np.random.default_rng(0)
 
     def stat(x, y):
-        w = np.exp(x - x.max())
+        top = x.max()
+        if not np.isfinite(top):             # every weight zero (a bootstrap draw of zero-weight samples)
+            return math.nan
+        w = np.exp(x - top)
         return float((w * y).sum() / w.sum())
 
     return Estimate(stat(a, f), _bootstrap(stat, [a, f], n_boot, rng), len(a), bad)
