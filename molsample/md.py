@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, check_output
+from .io import InputError, check_output, save_samples
 from .runtime import Interrupted, RunLock, check_platform, stop_on_signal
 
 FORMATS = (".h5", ".dcd", ".xtc")
@@ -227,8 +227,8 @@ def assemble(parts: Path, topology, out: Path, kt: float, timestep_ps: float) ->
     else:
         mdtraj.Trajectory(xyz, topology, time=times).save(str(tmp))
     os.replace(tmp, out)
-    _atomic_savez(out.with_suffix(".energies.npz"), energy_kj_per_mol=energy, reduced_energy=energy / kt,
-                  time_ps=times)
+    save_samples(out.with_suffix(".energies.npz"), "md-energies", None, energy_kj_per_mol=energy,
+                 reduced_energy=energy / kt, time_ps=times)
     return out
 
 

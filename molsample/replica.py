@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import save_samples
+
 STORAGE = "storage.nc"
 CHECKPOINT = "storage_checkpoint.nc"
 _SNAP = re.compile(r"^snap_(\d{9})$")
@@ -720,9 +722,7 @@ def run_pt(settings: PTSettings, out: str | Path, resume: bool = False, show_pro
     snap = latest_snapshot(work)
     progress = json.loads((snap / "progress.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays, kT_kj_per_mol=target.kt, system=target.name)
-    os.replace(tmp, out)
+    save_samples(out, "replica-exchange", None, compressed=True, **arrays, kT_kj_per_mol=target.kt, system=target.name)
     meta = {"settings": asdict(settings), "estimates": res, "method": "parallel tempering (openmmtools "
             "ParallelTemperingSampler, LangevinDynamicsMove = LangevinMiddleIntegrator, velocities redrawn "
             f"every iteration, {settings.mixing}), MBAR over all temperatures (pymbar)",

@@ -38,7 +38,7 @@ import numpy as np
 from .estimate import delta_f_from_population
 from .runtime import progress_bar
 
-from .md import _atomic_savez
+from .io import save_samples
 
 RESTRAINT_GROUP = 30          # OpenMM force group of the restraints (a group mask of bit 31 reads as "all groups")
 
@@ -318,7 +318,7 @@ def run_chain(settings: UmbrellaSettings, chain_id: int, ks: list[int], workdir:
         geo = _geometry(xyz, target.topology)
         ref = _geometry(np.asarray(target.positions)[None], target.topology)["chirality"][0]
         last = ctx.getState(getPositions=True, getVelocities=True)
-        _atomic_savez(out, centre=centres[k], phi=geo["phi"], psi=geo["psi"], omega=geo["omega"],
+        save_samples(out, "umbrella-window", None, centre=centres[k], phi=geo["phi"], psi=geo["psi"], omega=geo["omega"],
                       chirality_flipped=(np.sign(geo["chirality"]) != np.sign(ref)[None, :]),
                       energy=energy, restraint_kj=restraint, xyz=xyz[::per_frame].astype(np.float32),
                       frame_index=np.arange(0, n_samples, per_frame), start=json.dumps(start),
@@ -542,7 +542,7 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     offsets = np.cumsum([0] + [len(d["phi"]) for d in data])[:-1]
     frame_rows = np.concatenate([o + d["frame_index"] for o, d in zip(offsets, data)])
     xyz = np.concatenate([d["xyz"] for d in data])
-    _atomic_savez(out, phi=phi.astype(np.float32), psi=psi.astype(np.float32), energy_kj_per_mol=energy,
+    save_samples(out, "umbrella", None, phi=phi.astype(np.float32), psi=psi.astype(np.float32), energy_kj_per_mol=energy,
                   log_w=log_w, frames_xyz=xyz, frames_log_w=log_w[frame_rows], frames_row=frame_rows,
                   kT_kj_per_mol=kt, system=settings.system)
     meta = {"settings": asdict(settings), "estimates": res, "wall_seconds": wall,

@@ -22,6 +22,7 @@ def test_short_md_writes_hdf5_with_energies_matching_the_target(tmp_path):
     traj = mdtraj.load(str(tmp_path / "md.h5"))
     assert traj.n_frames == 200 and traj.n_atoms == 22
     e = np.load(tmp_path / "md.energies.npz")
+    assert str(e["kind"]) == "md-energies" and int(e["schema"]) >= 1
     target = load_target("aldp")
     u = target.energy(torch.as_tensor(traj.xyz, dtype=torch.float64)).numpy()
     assert np.allclose(u * target.kt, e["energy_kj_per_mol"], atol=2e-3)      # positions stored in float32

@@ -56,6 +56,9 @@ def test_tiny_umbrella_run_on_aldp(tmp_path):
     meta = run_umbrella(s, tmp_path / "u.npz", workers=2)
     data = np.load(tmp_path / "u.npz")
     assert data["phi"].shape == (4 * 200,) and data["frames_xyz"].shape == (4 * 20, 22, 3)
+    from molsample.io import open_npz, samples_kind
+    assert samples_kind(open_npz(tmp_path / "u.npz")) == "umbrella"                # the file records its kind
+    assert samples_kind(open_npz(next((tmp_path / "u.windows").glob("window_*.npz")))) == "umbrella-window"
     assert abs(np.exp(data["log_w"]).sum() - 1) < 1e-9
     assert not math.isnan(meta["estimates"]["dF_phi_positive_minus_negative_kT"]["value"])
     saved = json.loads((tmp_path / "u.json").read_text())
