@@ -30,10 +30,10 @@ def assert_equivariant(fn: typing.Callable[[torch.Tensor], torch.Tensor], x: tor
     Errors are relative to the output's largest entry; the message names the symmetry that failed."""
     s = x.shape[-1]
     out = fn(x)
-    scale = out.abs().max().clamp_min(1e-30)
+    scale = out.detach().abs().max().clamp_min(1e-30)
 
     def check(name, got, want):
-        err = float((got - want).abs().max() / scale)
+        err = float(((got - want).abs().max() / scale).detach())
         assert err < tol, f"not equivariant under {name}: relative error {err:.3g} (tolerance {tol:g})"
 
     for reflect in ((False, True) if reflections else (False,)):
