@@ -80,22 +80,30 @@ def initial_positions(target) -> np.ndarray:
 
 
 def _context(settings: MDSettings, replica: int):
-    import openmm
-    from openmm import unit
-
     target = md_target(settings)
     temperature = run_temperature(settings, target)
     # reduced-unit systems: eps = tau kT at whatever T the integrator uses, so T only sets time scales
     system, _ = target.openmm_system() if target.temperature else target.openmm_system(temperature)
-    integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, settings.friction_per_ps / unit.picosecond,
-                                                 settings.timestep_fs * unit.femtosecond)
-    integrator.setRandomNumberSeed(settings.seed * 1000 + replica + 1)
-    try:
-        ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(settings.platform))
-    except openmm.OpenMMException as exc:
-        raise InputError(f"--platform {settings.platform}: OpenMM could not start it here ({str(exc).strip()[:200]})"
-                         ) from None
+    ctx, integrator = langevin_context(system, temperature, settings.friction_per_ps, settings.timestep_fs,
+                                       settings.seed * 1000 + replica + 1, settings.platform)
     return target, ctx, integrator, temperature
+
+
+def langevin_context(system, temperature_k: float, friction_per_ps: float, timestep_fs: float, seed: int,
+                     platform: str):
+    """The OpenMM context every reference run uses (md, umbrella): LangevinMiddle dynamics at
+    ``temperature_k`` with the given friction, time step and integrator seed, on ``platform``. A platform
+    OpenMM cannot start is an InputError naming it. Returns (context, integrator)."""
+    import openmm
+    from openmm import unit
+    integrator = openmm.LangevinMiddleIntegrator(temperature_k * unit.kelvin, friction_per_ps / unit.picosecond,
+                                                 timestep_fs * unit.femtosecond)
+    integrator.setRandomNumberSeed(int(seed))
+    try:
+        ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
+    except openmm.OpenMMException as exc:
+        raise InputError(f"--platform {platform}: OpenMM could not start it here ({str(exc).strip()[:200]})") from None
+    return ctx, integrator
 
 
 def md_target(settings: MDSettings):

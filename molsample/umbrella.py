@@ -39,6 +39,7 @@ from .estimate import delta_f_from_population
 from .runtime import progress_bar
 
 from .io import save_samples
+from .md import langevin_context
 
 RESTRAINT_GROUP = 30          # OpenMM force group of the restraints (a group mask of bit 31 reads as "all groups")
 
@@ -266,10 +267,8 @@ def run_chain(settings: UmbrellaSettings, chain_id: int, ks: list[int], workdir:
     names = restrained_angles(settings)
     params = add_restraints(system, target.topology, settings)
     centres = all_centres(settings)
-    integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, settings.friction_per_ps / unit.picosecond,
-                                                 settings.timestep_fs * unit.femtosecond)
-    integrator.setRandomNumberSeed(settings.seed * 1000 + chain_id + 1)
-    ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(settings.platform))
+    ctx, integrator = langevin_context(system, temperature, settings.friction_per_ps, settings.timestep_fs,
+                                       settings.seed * 1000 + chain_id + 1, settings.platform)
     unbiased = set(range(32)) - {RESTRAINT_GROUP}
     steps = lambda ps: int(round(ps * 1000 / settings.timestep_fs))
     files, prev = [], None
