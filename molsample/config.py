@@ -13,18 +13,35 @@ class ConfigError(ValueError):
     """A configuration file or mapping that does not have the expected form."""
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping, with errors that name the file."""
+def load_yaml(path: str | Path, _chain: tuple = ()) -> dict:
+    """Read a YAML mapping, with errors that name the file. A top-level ``extends: OTHER.yaml`` (relative to
+    this file) reads OTHER first and lays this file over it, section by section (a mapping merges key by key,
+    any other value replaces), so a study's file holds only its difference from the configuration it varies."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"no such file: {path}")
+        raise ConfigError(f"no such file: {path}" + (f" (extended by {_chain[-1]})" if _chain else ""))
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected the path of another YAML file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _chain or base_path == path.resolve():
+        raise ConfigError(f"{path}: extends {base} makes a cycle")
+    return _merge(load_yaml(base_path, _chain + (path.resolve(),)), data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def from_dict(cls, data: dict, where: str):

@@ -24,7 +24,7 @@ def test_every_system_file_builds():
 def test_every_config_file_loads_and_builds():
     from molsample.build import build
     from molsample.config import ExperimentConfig
-    paths = sorted((ROOT / "configs").rglob("*.yaml"))
+    paths = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "experiments").rglob("*.yaml"))
     assert paths, "configs/ holds at least the CI-sized config"
     from molsample.coords.model import ICExperimentConfig, is_internal_config
     from molsample.data import resolve_path
@@ -69,3 +69,23 @@ def test_systems_dir_can_be_overridden(tmp_path, monkeypatch):
     monkeypatch.setenv("MOLSAMPLE_SYSTEMS", str(tmp_path))
     assert systems_dir() == Path(tmp_path) and set(system_files()) == {"w"}
     assert load_target("w").dim == 4
+
+
+def test_a_study_config_extends_another_section_by_section(tmp_path):
+    """extends: lays a file over the one it names: mappings merge key by key, other values replace, a cycle
+    or a missing base is an error naming the files; every file in experiments/ extends a configuration."""
+    from molsample.config import ConfigError, load_yaml
+    (tmp_path / "base.yaml").write_text("target: gmm40\nmodel: {hidden: 32, layers: 2}\ntrain: {lr: 1.0e-3, batch: 64}\n")
+    (tmp_path / "study.yaml").write_text("extends: base.yaml\nmodel: {hidden: 64}\ntrain: {lr: 5.0e-4}\nseed: 3\n")
+    assert load_yaml(tmp_path / "study.yaml") == {"target": "gmm40", "model": {"hidden": 64, "layers": 2},
+                                                   "train": {"lr": 5.0e-4, "batch": 64}, "seed": 3}
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_yaml(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_yaml(tmp_path / "c.yaml")
+    studies = sorted((ROOT / "experiments").rglob("*.yaml"))
+    assert len(studies) >= 20
+    assert all("extends:" in f.read_text() for f in studies if f.stem != "manywell32")
