@@ -1,5 +1,7 @@
-"""Reusable checks for tests of molsample and of code built on it: Haar-random orthogonal matrices and an
-equivariance assertion for maps of particle positions (the pattern of e3nn's ``assert_equivariant``)."""
+"""Reusable checks for tests of molsample and of code built on it: Haar-random orthogonal matrices, an
+equivariance assertion for maps of particle positions (the pattern of e3nn's ``assert_equivariant``), the
+analytic linear flows whose steps, log-determinants and consistency losses are known in closed form, and slow
+reference Jacobians."""
 from __future__ import annotations
 
 import typing
@@ -44,3 +46,91 @@ def assert_equivariant(fn: typing.Callable[[torch.Tensor], torch.Tensor], x: tor
         check("translation", fn(x + shift), out)
     if permutation is not None:
         check("permutation", fn(x[:, permutation]), out[:, permutation] if output == "vector" else out)
+
+
+# ------------------------------------------------------------------ analytic flows and slow references
+
+def _default_schedule():
+    from .flow import CosineSchedule
+    return CosineSchedule(s0=2.0)
+
+
+def small_drift(space, target, seed: int = 0, dtype=torch.float64, std: float = 0.3, schedule=None):
+    """A small Langevin-preconditioned MLP drift with a non-zero output layer (so its Jacobian is not trivial),
+    wrapped as the probability-flow velocity of ``schedule`` (default CosineSchedule(s0=2))."""
+    from .flow import DriftVelocity, Prior
+    from .nn import LangevinDrift, MLPCore
+    schedule = schedule or _default_schedule()
+    torch.manual_seed(seed)
+    core = MLPCore(space, hidden=32, layers=2, n_base=8)
+    for p in core.out.parameters():
+        torch.nn.init.normal_(p, std=std)
+    drift = LangevinDrift(core, target, Prior(space, schedule.s0), schedule, clip=1e3, n_base=8).to(dtype)
+    return DriftVelocity(drift, schedule)
+
+
+def dense_step_jacobian(velocity, x: torch.Tensor, t, d, space) -> torch.Tensor:
+    """Slow reference: the full autograd Jacobian of each sample's deterministic step, restricted to ``space``
+    (B, D, D), for checking the fast exact log-determinants."""
+    from .flow import pf_step
+    q = space.basis(torch.float64)
+    out = []
+    for xi in x:
+        f = lambda y: pf_step(velocity, y.reshape(1, *space.event_shape), t, d).reshape(-1)
+        j = torch.autograd.functional.jacobian(f, xi.reshape(-1))
+        out.append(q.T @ j @ q)
+    return torch.stack(out)
+
+
+class ExactLinearFlow:
+    """b = (exp(0.5 int_t^{t+d} beta) - 1) x / d: the exact flow map of dx/dt = 0.5 beta x (self-consistent
+    at every step size)."""
+
+    def __init__(self, schedule=None):
+        self.schedule = schedule or _default_schedule()
+
+    def __call__(self, x, t, d, **kw):
+        t, d = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0]), torch.as_tensor(d, dtype=x.dtype).expand(x.shape[0])
+        g = torch.expm1(0.5 * self.schedule.int_beta(t, t + d)) / d
+        return g.reshape(-1, *([1] * (x.dim() - 1))) * x
+
+
+class EulerLinearFlow:
+    """b = 0.5 beta(t) x, independent of the step size (its self-consistency error is second order in d)."""
+
+    def __init__(self, schedule=None):
+        self.schedule = schedule or _default_schedule()
+
+    def __call__(self, x, t, d, **kw):
+        t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
+        return 0.5 * self.schedule.beta(t).reshape(-1, *([1] * (x.dim() - 1))) * x
+
+
+class RandomLinearFlow:
+    """b = M(t) x with a fixed random non-symmetric matrix family M(t) = A + t C: x_K = L x_0 exactly."""
+
+    def __init__(self, dim: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.a = torch.randn(dim, dim, generator=g, dtype=torch.float64) * 0.15
+        self.c = torch.randn(dim, dim, generator=g, dtype=torch.float64) * 0.15
+
+    def matrix(self, t):
+        return self.a + t * self.c
+
+    def __call__(self, x, t, d, **kw):
+        t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
+        m = self.a[None] + t[:, None, None] * self.c[None]
+        return torch.einsum("bij,bj->bi", m, x)
+
+
+class LinearVelocity:
+    """b(x) = A_n x with a different matrix per sample (no linear rate)."""
+
+    def __init__(self, a: torch.Tensor):
+        self.a = a
+
+    def __call__(self, x, t, d, **kw):
+        return torch.einsum("nij,nj->ni", self.a, x)
+
+    def linear_rate(self, t):
+        return torch.zeros_like(t)
