@@ -30,6 +30,7 @@ from molsample.analysis.compare import _md_fraction
 from molsample.analysis.reference import (_run_se, combine_estimates, is_packed, load_packed_runs, load_replica_run,
                                           load_umbrella_run)
 from molsample.analysis.stats import histogram_kl
+from molsample.io import samples_kind
 
 EDGES_NEG = np.linspace(-math.pi, 0.0, 19)          # the 10-degree bins of `molsample compare` on phi < 0
 DF = "dF_phi_positive_minus_negative_kT"
@@ -48,10 +49,10 @@ def load_runs(path: Path, system: str) -> list[dict]:
 
 def load_run(path: Path, system: str) -> dict:
     with np.load(path) as d:
-        replica = "temperatures_K" in d
-        sampler = "log_q" in d
-    if sampler:
+        kind = samples_kind(d)
+    if kind == "samples":
         return load_sampler_run(path, system)
+    replica = kind == "replica-exchange"
     run = load_replica_run(path) if replica else load_umbrella_run(path)
     meta = run["meta"]
     if replica:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import save_samples
+from .io import read_meta, save_samples
 
 
 class _Parser(argparse.ArgumentParser):
@@ -283,7 +283,7 @@ def _cmd_estimate(args) -> int:
     log_w = np.asarray(data["log_w"], dtype=np.float64).reshape(-1)
     if len(log_w) == 0:
         raise ValueError(f"{args.file}: 'log_w' holds no samples")
-    meta = _meta_of(data, args.file)
+    meta = read_meta(data, args.file)
     result = {"file": str(args.file), **summarise(log_w, n_boot=args.bootstrap, seed=args.seed), **{
         k: meta[k] for k in ("system", "steps", "step_sizes", "weights", "n_nonpositive_det", "lipschitz_max",
                              "fraction_monotone", "prior_draws")
@@ -513,17 +513,12 @@ def _cmd_pack(args) -> int:
     return 0
 
 
-def _meta_of(data: dict, path) -> dict:
-    from .io import read_meta
-    return read_meta(data, path)
-
-
 def _system_of(path: str) -> str:
     if path.endswith(".npz"):
         from .io import open_npz
 
         d = open_npz(path)
-        meta = _meta_of(d, path)
+        meta = read_meta(d, path)
         if "system" in meta:
             return str(meta["system"])
         if "system" in d:

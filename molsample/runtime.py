@@ -117,8 +117,6 @@ class _Lines:
     """A stream for tqdm when stderr is a file or a pipe: each refresh becomes one plain line (no carriage
     returns or cursor movements), so a log file reads line by line."""
 
-    _ansi = None
-
     def __init__(self, stream):
         import re
         self.stream = stream

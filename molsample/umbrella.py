@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from .estimate import delta_f_from_population
-from .runtime import progress_bar
-
 from .io import save_samples
 from .md import langevin_context
+from .runtime import progress_bar
 
 RESTRAINT_GROUP = 30          # OpenMM force group of the restraints (a group mask of bit 31 reads as "all groups")
 

@@ -102,11 +102,14 @@ def load_replica_run(file: Path, stride: int = 1) -> dict:
             "estimates": est, "settings": side["settings"], "meta": side}
 
 
-def load_packed_runs(file: Path) -> list[dict]:
+def load_packed_runs(file: Path, kind: str | None = None) -> list[dict]:
     """The independent runs inside a packed weighted reference, as the run loaders return them: each run's
     own figures (``estimates['runs']``); the pooled samples and frames, which a packed file no longer
-    splits by run, go with the first run, whose ``share`` is the number of runs they pool (0 for the others)."""
+    splits by run, go with the first run, whose ``share`` is the number of runs they pool (0 for the others).
+    With ``kind`` ('umbrella' or 'replica-exchange'), a file of another kind is refused."""
     d = dict(np.load(file))
+    if kind is not None and str(d["kind"]) != kind:
+        raise ValueError(f"{file}: a packed {str(d['kind'])!r} reference, not {kind!r}")
     est = json.loads(str(d["estimates"]))
     settings = json.loads(str(d["settings"]))
     per = est.get("runs") or [est]
@@ -132,8 +135,10 @@ def load_packed_runs(file: Path) -> list[dict]:
 
 
 def is_packed(file: Path) -> bool:
+    """Whether ``file`` is a packed (compact) reference (molsample.io.samples_kind 'reference')."""
+    from ..io import samples_kind
     with np.load(file) as d:
-        return "compact_reference" in d.files
+        return samples_kind(d) == "reference"
 
 
 def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n_frames: int = 3000,
@@ -155,10 +160,7 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
     runs = []
     for f in files:
         if is_packed(f):
-            with np.load(f) as d:
-                if str(d["kind"]) != kind:
-                    raise ValueError(f"{f}: a packed {str(d['kind'])!r} reference, not {kind!r}")
-            runs += load_packed_runs(f)
+            runs += load_packed_runs(f, kind)
         else:
             runs.append(load_umbrella_run(f, stride) if kind == "umbrella" else load_replica_run(f, stride))
     for r in runs:

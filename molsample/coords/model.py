@@ -184,13 +184,15 @@ class InternalSampler:
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             d = self.one_step.draw(m, generator, wts, with_log_det=True, steps=steps)
-            x, _ = self.target.to_cartesian(d["y"])
+            if weights:
+                lw, x = self.target.log_weights_and_positions(d["y"], d["log_q"])
+                lws.append(lw)
+            else:
+                x, _ = self.target.to_cartesian(d["y"])
             ood += self.target.out_of_domain(d["y"])
             xs.append(x)
             lqs.append(d["log_q"])
             signs.append(d["sign"])
-            if weights:
-                lws.append(self.target.log_weights(d["y"], d["log_q"]))
             if progress is not None:
                 progress.update(m)
         out = {"x": torch.cat(xs), "log_q": torch.cat(lqs), "sign": torch.cat(signs), "out_of_domain": ood}
@@ -250,8 +252,7 @@ def refine_base(base: StructuredBase, target: InternalCoordinateTarget, bc: ICBa
         with torch.no_grad():
             for start in range(0, bc.refine_samples, chunk):
                 y, log_q = base.sample(min(chunk, bc.refine_samples - start), generator)
-                lw = target.log_weights(y, log_q)
-                x, _ = target.to_cartesian(y)
+                lw, x = target.log_weights_and_positions(y, log_q)
                 keep = torch.isfinite(lw) & torch.isfinite(x).reshape(len(x), -1).all(1)
                 xs.append(x[keep].numpy())
                 lws.append(lw[keep].numpy())

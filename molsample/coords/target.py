@@ -157,17 +157,25 @@ class InternalCoordinateTarget(Target):
         return self.whiten(self.ic.forward(x))
 
     def _energy(self, w: torch.Tensor) -> torch.Tensor:
+        return self._energy_and_positions(w)[0]
+
+    def _energy_and_positions(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ok = self.in_domain(self.internal(w))
         x, log_det = self.to_cartesian(w)
         u = self.cartesian.energy(x) - log_det
-        return torch.where(ok, u, torch.full_like(u, math.inf))
+        return torch.where(ok, u, torch.full_like(u, math.inf)), x
 
     def log_weights(self, w: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
         """log importance weights -u_w(w) - log q(w) of proposals w with log densities log_q; a point
         outside the domain (u = inf) or outside the proposal's support (log q = -inf) gets -inf."""
-        u = self.energy(w)
+        return self.log_weights_and_positions(w, log_q)[0]
+
+    def log_weights_and_positions(self, w: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log weights as :meth:`log_weights`, positions (B, N, 3) nm of :meth:`to_cartesian`) from one
+        placement of the atoms."""
+        u, x = self._energy_and_positions(self.validate(w))
         ok = torch.isfinite(u) & torch.isfinite(log_q)
-        return torch.where(ok, -u - torch.where(ok, log_q, torch.zeros_like(log_q)), torch.full_like(u, -math.inf))
+        return torch.where(ok, -u - torch.where(ok, log_q, torch.zeros_like(log_q)), torch.full_like(u, -math.inf)), x
 
     def describe(self) -> dict:
         return {**super().describe(), "whitening": self.whitening.source,
