@@ -123,34 +123,82 @@ def _cmd_energy(args) -> int:
     return 0
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line of one rank: ``argv`` without its --nproc option."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _launch(args, what: str) -> int:
+    """Run this command as ``args.nproc`` ranks (torch.distributed's launcher); 0 when all succeed."""
+    from .distributed import launch
+    launch(args.nproc, _without_nproc(args.argv), what)
+    return 0
+
+
 def _cmd_train(args) -> int:
     from dataclasses import replace
 
+    from . import distributed
     from .config import ExperimentConfig
     from .runtime import check_device
-    from .train import train
 
     device = check_device(args.device)
-    from .coords.model import ICExperimentConfig, is_internal_config, train_internal
-    if is_internal_config(args.config):
-        if device.type != "cpu":
-            raise ValueError(f"--device {args.device}: the internal-coordinate route trains on the CPU for now")
-        cfg = ICExperimentConfig.load(args.config, args.set)
-        if args.seed is not None:
-            cfg = replace(cfg, seed=args.seed)
-        out = args.out or f"runs/{Path(args.config).stem}"
-        st = train_internal(cfg, out, resume=args.resume, progress=not args.quiet, iterations=args.iterations)
+    from .coords.model import ICExperimentConfig, is_internal_config
+    internal = is_internal_config(args.config)
+    cfg = (ICExperimentConfig if internal else ExperimentConfig).load(args.config, args.set)
+    if args.seed is not None:
+        cfg = replace(cfg, seed=args.seed)
+    out = args.out or f"runs/{Path(args.config).stem}"
+    if internal and device.type != "cpu":
+        raise ValueError(f"--device {args.device}: the internal-coordinate route trains on the CPU for now")
+    if args.nproc > 1:                   # checked once here, before any rank starts
+        batches = {"train.batch": cfg.train.batch} if internal else \
+            {"train.batch": cfg.train.batch, "train.sd_batch": cfg.train.sd_batch, "train.kl_batch": cfg.train.kl_batch}
+        for key, value in batches.items():
+            distributed.Group(0, args.nproc).split(value, key)
+        if not args.resume and (Path(out) / "checkpoint.pt").is_file():
+            raise FileExistsError(f"{Path(out) / 'checkpoint.pt'} exists; pass --resume to continue or choose "
+                                  "another --out")
+        try:
+            return _launch(args, "training")
+        except distributed.RankFailed as exc:
+            ckpt = Path(out) / "checkpoint.pt"
+            after = (f"the last checkpoint, {ckpt}, loads; continue with --resume --nproc {args.nproc}"
+                     if ckpt.is_file() else "no checkpoint was written yet")
+            raise distributed.RankFailed(f"{exc}; {after}") from None
+    group, device = distributed.init(device, args.timeout)
+    try:
+        return _train_rank(args, cfg, out, device, group, internal)
+    finally:
+        distributed.finish()
+
+
+def _train_rank(args, cfg, out, device, group, internal: bool) -> int:
+    from .coords.model import train_internal
+    from .train import train
+    if internal:
+        st = train_internal(cfg, out, resume=args.resume, progress=not args.quiet, iterations=args.iterations,
+                            group=group)
+        if not group.main:
+            return 0
         ev = st.get("last_eval", {})
         print(f"trained {st['iteration']} iterations ({st['cpu_seconds']:.0f} CPU-s, base fitted in "
               f"{st['base_fit_cpu_seconds']:.1f} CPU-s; {st['nonfinite_total']} non-finite batches skipped); ESS "
               f"{ev.get('eval_ess', float('nan')):.4f} (base alone {st['base_eval']['eval_ess']:.4f}) on "
               f"{cfg.train.eval_samples} fresh draws; checkpoint: {Path(out) / 'checkpoint.pt'}")
         return 0
-    cfg = ExperimentConfig.load(args.config, args.set)
-    if args.seed is not None:
-        cfg = replace(cfg, seed=args.seed)
-    out = args.out or f"runs/{Path(args.config).stem}"
-    state = train(cfg, out, device=device, resume=args.resume, progress=not args.quiet, iterations=args.iterations)
+    state = train(cfg, out, device=device, resume=args.resume, progress=not args.quiet, iterations=args.iterations,
+                  group=group)
+    if not group.main:
+        return 0
     print(f"trained {state.iteration} iterations ({state.cpu_seconds:.0f} CPU-s in total, "
           f"{state.nonfinite_total} non-finite batches skipped); checkpoint: {Path(out) / 'checkpoint.pt'}")
     return 0
@@ -167,38 +215,66 @@ def _steps_arg(text: str):
 
 
 def _cmd_sample(args) -> int:
-    import torch
-
     from .io import MDTRAJ_FORMATS, check_output
     from .runtime import check_device
-    from .sampler import describe_steps, off_training_grid, sample
-    from .train import load_checkpoint
 
     device = check_device(args.device)
     out = check_output(args.out, "--out", (".npz",))
     if args.traj:
         check_output(args.traj, "--traj", tuple(f for f in MDTRAJ_FORMATS if f not in (".gro", ".mdcrd")))
+    from . import distributed
     from .coords.model import is_internal_checkpoint
     from .io import read_checkpoint
     peek = read_checkpoint(args.checkpoint)
     if is_internal_checkpoint(peek):
-        return _sample_internal(args, peek, out)
+        _check_internal_sample_args(args)
+    if args.nproc > 1:
+        if args.qmc:
+            raise ValueError("--qmc with --nproc: one Sobol' sequence is not shared out; sample it in one process")
+        return _launch(args, "sampling")
+    group, device = distributed.init(device, args.timeout)
+    try:
+        if is_internal_checkpoint(peek):
+            return _sample_internal(args, peek, out, group)
+        return _sample_cartesian(args, out, device, group)
+    finally:
+        distributed.finish()
+
+
+def _sample_cartesian(args, out: Path, device, group) -> int:
+    import dataclasses
+    import time
+
+    import torch
+
+    from .distributed import draw_in_blocks
+    from .sampler import concat_samples, describe_steps, off_training_grid, sample
+    from .train import load_checkpoint
     exp, ckpt = load_checkpoint(args.checkpoint, device)
     if args.traj and getattr(exp.target, "topology", None) is None:
         raise ValueError(f"--traj {args.traj}: needs a molecular system; {exp.target.name} has no topology "
                          "(the samples are in --out)")
     off = off_training_grid(args.steps, exp.config.train.n_base)
-    if off:
+    if off and group.main:
         print(f"warning: {len(off)} of the steps (t, d) are not steps the model was trained on "
               f"(d = 2^j / N_base from a multiple of d, N_base = {exp.config.train.n_base}): "
               + ", ".join(f"({t:.6g}, {d:.6g})" for t, d in off[:4]) + (", ..." if len(off) > 4 else "")
               + "; the map there is an extrapolation (its weights stay exact where it is a bijection)",
               file=sys.stderr)
-    gen = torch.Generator().manual_seed(args.seed)
-    s = sample(exp.velocity(), exp.prior, exp.target, args.n, args.steps, args.weights, gen,
-               batch_size=args.batch_size, dtype=exp.dtype, device=exp.device,
-               schedule=exp.schedule if exp.route == "energy" else None,
-               qmc_seed=args.seed if args.qmc else None)
+    def draw(m, gen, qmc_seed=None):
+        s = sample(exp.velocity(), exp.prior, exp.target, m, args.steps, args.weights, gen,
+                   batch_size=args.batch_size, dtype=exp.dtype, device=exp.device,
+                   schedule=exp.schedule if exp.route == "energy" else None, qmc_seed=qmc_seed)
+        return dataclasses.replace(s, x=s.x.cpu(), log_q=s.log_q.cpu(), log_w=s.log_w.cpu(), log_prob=s.log_prob.cpu())
+
+    t0 = time.perf_counter()
+    if args.qmc:
+        s = draw(args.n, None, qmc_seed=args.seed)
+    else:                       # blocks of draws with their own seeds: the same samples on any number of ranks
+        parts = draw_in_blocks(args.n, args.seed, draw, group)
+        if parts is None:
+            return 0
+        s = dataclasses.replace(concat_samples(parts), seconds=time.perf_counter() - t0)
     meta = {"system": exp.target.name, "checkpoint": str(args.checkpoint), "steps": s.steps,
             "step_sizes": list(s.step_sizes), "weights": args.weights, "n": args.n, "seed": args.seed,
             "seconds": s.seconds,
@@ -207,7 +283,7 @@ def _cmd_sample(args) -> int:
             "lipschitz_max": s.lipschitz_max if np.isfinite(s.lipschitz_max) else None,
             "fraction_monotone": s.info["fraction_monotone"] if np.isfinite(s.info["fraction_monotone"]) else None,
             "log_z_true": exp.target.log_z, "training_iterations": ckpt["state"]["iteration"],
-            "training_cpu_seconds": ckpt["state"]["cpu_seconds"]}
+            "training_cpu_seconds": ckpt["state"]["cpu_seconds"], "processes": group.world}
     save_samples(out, "samples", meta, x=s.x.double().cpu().numpy(), log_q=s.log_q.double().cpu().numpy(),
                  log_w=s.log_w.double().cpu().numpy(), log_prob=s.log_prob.double().cpu().numpy())
     if args.traj:
@@ -226,14 +302,8 @@ def _write_traj(path: str, x: np.ndarray, topology) -> None:
     os.replace(tmp, traj)
 
 
-def _sample_internal(args, ckpt: dict, out: Path) -> int:
-    """`molsample sample` of an internal-coordinate checkpoint: one network evaluation per sample."""
-    import time
-
-    import torch
-    from .runtime import progress_bar
-
-    from .coords.model import load_internal_checkpoint
+def _check_internal_sample_args(args) -> None:
+    """The options an internal-coordinate checkpoint takes (checked before any process starts)."""
     if args.steps == [1.0]:
         args.steps = 1
     if not isinstance(args.steps, int) or args.steps < 1:
@@ -244,14 +314,31 @@ def _sample_internal(args, ckpt: dict, out: Path) -> int:
         raise ValueError("--qmc: not available for an internal-coordinate model")
     if args.device != "cpu":
         raise ValueError(f"--device {args.device}: the internal-coordinate sampler runs on the CPU for now")
+
+
+def _sample_internal(args, ckpt: dict, out: Path, group) -> int:
+    """`molsample sample` of an internal-coordinate checkpoint: one network evaluation per sample."""
+    import time
+
+    import torch
+    from .runtime import progress_bar
+
+    from .coords.model import load_internal_checkpoint
     sampler, ckpt = load_internal_checkpoint(args.checkpoint, ckpt)
     if args.steps != 1 and not sampler.flow.step_conditioned:
         raise ValueError(f"--steps {args.steps}: this internal-coordinate model is a single step (trained without "
                          "map.step_conditioned), so only --steps 1 is defined")
-    gen = torch.Generator().manual_seed(args.seed)
+    from .distributed import SAMPLE_BLOCK, draw_in_blocks
+    mine = sum(min(SAMPLE_BLOCK, args.n - b * SAMPLE_BLOCK) for b in range(-(-args.n // SAMPLE_BLOCK))[group.rank::group.world])
     t0 = time.perf_counter()
-    with progress_bar(total=args.n, desc="sample", unit=" conf", file_interval=10.0) as bar:
-        d = sampler.draw(args.n, gen, chunk=args.batch_size, progress=bar, steps=args.steps)
+    with progress_bar(total=mine, desc="sample", unit=" conf", file_interval=10.0, enabled=group.main) as bar:
+        def draw(m, gen):
+            return sampler.draw(m, gen, chunk=args.batch_size, progress=bar, steps=args.steps)
+        parts = draw_in_blocks(args.n, args.seed, draw, group)
+    if parts is None:
+        return 0
+    d = {k: torch.cat([p[k] for p in parts]) for k in ("x", "log_q", "log_w", "sign")}
+    d["out_of_domain"] = sum(int(p["out_of_domain"]) for p in parts)
     seconds = time.perf_counter() - t0
     x = d["x"].numpy()
     n_bad = int((d["sign"] <= 0).sum())
@@ -260,7 +347,7 @@ def _sample_internal(args, ckpt: dict, out: Path) -> int:
             "weights": "exact", "n": args.n, "seed": args.seed, "seconds": seconds, "n_nonpositive_det": n_bad,
             "out_of_domain": int(d["out_of_domain"]), "frame": "canonical (Z-matrix root at the origin)",
             "training_iterations": ckpt["state"]["iteration"], "training_cpu_seconds": ckpt["state"]["cpu_seconds"],
-            "base_fit_cpu_seconds": ckpt["state"].get("base_fit_cpu_seconds")}
+            "base_fit_cpu_seconds": ckpt["state"].get("base_fit_cpu_seconds"), "processes": group.world}
     log_w = d["log_w"].numpy()
     save_samples(out, "samples", meta, x=x, log_q=d["log_q"].numpy(), log_w=log_w)
     if args.traj:
@@ -553,6 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set train.kl_weight=0.1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="data-parallel training on N processes of this machine (torch.distributed; gloo on the CPU, "
+                        "one GPU per process with --device cuda); the global batch is split over them")
+    p.add_argument("--timeout", type=positive_float, default=900.0,
+                   help="seconds a process waits for the others in a collective before the run stops (default 900)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="draw K-step samples with importance weights from a checkpoint")
@@ -571,6 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "Carlo: unbiased, lower variance where the weights are smooth in the prior point, no gain on "
                         "heavy-tailed weights; use --n a power of two)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="share the draws over N processes (torch.distributed); the file is the one a single "
+                        "process writes with the same --seed and --batch-size")
+    p.add_argument("--timeout", type=positive_float, default=900.0,
+                   help="seconds a process waits for the others before the run stops (default 900)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("md", help="reference molecular dynamics with OpenMM")
@@ -703,13 +800,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from .config import ConfigError
+    from .distributed import RankFailed, launched
     from .runtime import Interrupted
     from .targets import SystemBuildError, UnsupportedForceError
     from .train import TrainingDiverged
     name = f"molsample {args.command}"
+    if launched():                       # one rank of several: say which
+        name += f" [rank {os.environ.get('RANK', '?')}]"
     try:
         return int(args.func(args) or 0)
+    except RankFailed as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 1
     except Interrupted as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
@@ -725,6 +829,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"{name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if not launched():
+            raise
+        # a collective failed: another rank died (its launcher names it) or the process-group timeout passed
+        print(f"{name}: stopped: a collective with the other processes failed ({_one_line(exc)[:160]})",
+              file=sys.stderr)
+        return 1
 
 
 def _one_line(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+import numpy as np
 import torch
 
 from .flow import Prior, _bt, as_times, pf_step
@@ -193,6 +194,28 @@ def sample(velocity, prior: Prior, target, n: int, steps: int | Sequence[float],
                    info={"fraction_lipschitz_below_1": _share(lip_all < 1, lip_all),
                          "fraction_monotone": _share(mono_all > 0, mono_all),
                          "prior_draws": "sobol" if qmc_seed is not None else "independent"})
+
+
+def concat_samples(parts: Sequence[Samples]) -> Samples:
+    """One :class:`Samples` from consecutive parts drawn with the same map (counts summed, the
+    largest bijectivity ratio kept, shares weighted by the parts' sizes, seconds summed)."""
+    if len(parts) == 1:
+        return parts[0]
+    sizes = np.array([len(p.log_w) for p in parts], dtype=float)
+
+    def share(key):
+        v = np.array([p.info.get(key, float("nan")) for p in parts], dtype=float)
+        return float(np.sum(v * sizes) / sizes.sum()) if np.isfinite(v).all() else float("nan")
+
+    lips = [p.lipschitz_max for p in parts if not math.isnan(p.lipschitz_max)]
+    first = parts[0]
+    return Samples(x=torch.cat([p.x for p in parts]), log_q=torch.cat([p.log_q for p in parts]),
+                   log_w=torch.cat([p.log_w for p in parts]), log_prob=torch.cat([p.log_prob for p in parts]),
+                   steps=first.steps, method=first.method, step_sizes=first.step_sizes,
+                   n_nonpositive_det=sum(p.n_nonpositive_det for p in parts),
+                   lipschitz_max=max(lips) if lips else float("nan"), seconds=sum(p.seconds for p in parts),
+                   info={**first.info, "fraction_lipschitz_below_1": share("fraction_lipschitz_below_1"),
+                         "fraction_monotone": share("fraction_monotone")})
 
 
 def _share(condition: torch.Tensor, measured: torch.Tensor) -> float:

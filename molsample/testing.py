@@ -134,3 +134,42 @@ class LinearVelocity:
 
     def linear_rate(self, t):
         return torch.zeros_like(t)
+
+
+def run_ranks(fn: typing.Callable, world: int, workdir, *args) -> None:
+    """Call ``fn(group, *args)`` in ``world`` fresh processes joined in a gloo process group (a file
+    store in ``workdir``), as the ranks of a multi-process run; ``fn`` must be importable (a module-level
+    function). Raises if any rank fails."""
+    import os
+    from pathlib import Path
+
+    import torch.multiprocessing as mp
+    store = Path(workdir) / "process-group-store"
+    if store.exists():
+        store.unlink()
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        mp.spawn(_rank_entry, args=(world, str(store), fn, args), nprocs=world, join=True)
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+
+
+def _rank_entry(rank: int, world: int, store: str, fn, args) -> None:
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from .distributed import Group
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        fn(Group(rank, world, rank), *args)
+    finally:
+        dist.destroy_process_group()

@@ -11,10 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import align, jacobian, losses, sde
 from .build import Experiment, build
+from .distributed import SINGLE, Group, stream_seed
 from .config import ExperimentConfig
 from .estimate import ess as ess_estimate, log_z as log_z_estimate
 from .flow import pf_step
@@ -90,13 +92,20 @@ def export_model(checkpoint: str | Path, out: str | Path) -> Path:
 
 
 class Trainer:
-    def __init__(self, exp: Experiment, out_dir: Path, progress: bool = True):
-        self.exp, self.out, self.progress = exp, Path(out_dir), progress
+    """The energy route (and the base of :class:`DataTrainer`). Under several processes (``group``,
+    see molsample.distributed) each rank trains on ``train.batch / world`` rows of the global batch
+    drawn from its own generator, gradients are averaged over the ranks before clipping, and rank 0
+    alone evaluates, logs and writes checkpoints."""
+
+    def __init__(self, exp: Experiment, out_dir: Path, progress: bool = True, group: Group = SINGLE):
+        self.exp, self.out, self.group = exp, Path(out_dir), group
+        self.progress = progress and group.main
         cfg = exp.config.train
-        self.cfg = cfg
+        self.cfg = self._local(cfg)
+        group.broadcast_module_(exp.model)
         self.ema = copy.deepcopy(exp.model).requires_grad_(False)
         self.opt = torch.optim.AdamW(exp.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.gen = torch.Generator().manual_seed(exp.config.seed)
+        self.gen = torch.Generator().manual_seed(stream_seed(exp.config.seed, group.rank))
         self.state = TrainState()
         check_output_dir(self.out, "--out")
         if cfg.init_checkpoint:                   # a later stage starts from an earlier run's EMA weights
@@ -106,11 +115,25 @@ class Trainer:
             load_weights(exp.model, state["ema"], path)
             self.ema.load_state_dict(state["ema"])
 
+    def _local(self, cfg):
+        """This rank's training config: the global batch sizes divided by the world size."""
+        g = self.group
+        if not g.parallel:
+            return cfg
+        from dataclasses import replace
+        return replace(cfg, batch=g.split(cfg.batch, "train.batch"), sd_batch=g.split(cfg.sd_batch, "train.sd_batch"),
+                       kl_batch=g.split(cfg.kl_batch, "train.kl_batch"))
+
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
+        """Write the checkpoint (collective: every rank's generator state goes into rank 0's file)."""
+        generators = self.group.gather(self.gen.get_state())
+        if not self.group.main:
+            return
         atomic_save({"config": self.exp.config.to_dict(), "model": self.exp.model.state_dict(),
                      "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
-                     "generator": self.gen.get_state(), "state": vars(self.state).copy()},
+                     "generator": self.gen.get_state(), "generators": generators, "world_size": self.group.world,
+                     "state": vars(self.state).copy()},
                     self.out / CHECKPOINT)
 
     def resume(self, iterations: int | None = None) -> bool:
@@ -136,11 +159,15 @@ class Trainer:
         if target < done:
             raise InputError(f"--iterations {target}: the run in {self.out} has already done {done} iterations; "
                              "give a larger number or leave --iterations out to continue to its own target")
+        world = int(ckpt.get("world_size", 1))
+        if world != self.group.world:
+            raise InputError(f"{path}: the run was trained on {world} process(es); resume it on {world} (--nproc "
+                             f"{world}) so that every rank continues its own random stream")
         self._set_iterations(target)
         self.exp.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.opt.load_state_dict(ckpt["optimizer"])
-        self.gen.set_state(ckpt["generator"])
+        self.gen.set_state(ckpt["generators"][self.group.rank] if "generators" in ckpt else ckpt["generator"])
         self.state = TrainState(**ckpt["state"])
         return True
 
@@ -268,7 +295,8 @@ class Trainer:
         """Set .grad to the sum of each part's gradient, clipped to norm grad_clip by
         clip_grad_norm_ (one part: the joint clip; base and distillation parts: clip_per_loss).
         Logs each part's norm before clipping under its name (None: not logged). False if any norm
-        is not finite."""
+        is not finite. Under several processes each part's gradient is averaged over the ranks
+        before it is clipped, which is the gradient of the part's mean over the global batch."""
         params = [p for p in self.exp.model.parameters() if p.requires_grad]
         total = [torch.zeros_like(p) for p in params]
         ok = True
@@ -278,6 +306,10 @@ class Trainer:
             for p in params:
                 p.grad = None
             part.backward(retain_graph=True)
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            self.group.average_([p.grad for p in params])      # the gradient of the global batch
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             if name:
                 logs[name] = norm.item()
@@ -294,13 +326,16 @@ class Trainer:
         try:
             base, rest, logs = self.losses()
         except NonFinitePositionsError as err:     # a path diverged to NaN / inf states: a non-finite loss
-            grads_ok, logs = False, {"loss": math.nan, "nonfinite_states": str(err)}
-        else:
+            base = rest = None
+            logs = {"loss": math.nan, "nonfinite_states": str(err)}
+        logs["loss"] = self.group.mean(logs["loss"])           # the same decision on every rank
+        grads_ok = math.isfinite(logs["loss"])
+        if grads_ok:
             if self.cfg.clip_per_loss:
                 parts, names = (base, rest), ("grad_base", "grad_rest")
             else:
                 parts, names = (base + rest,), (None,)
-            grads_ok = math.isfinite(logs["loss"]) and self.clipped_sum_of_gradients(parts, names, logs)
+            grads_ok = self.clipped_sum_of_gradients(parts, names, logs)
         if not grads_ok:
             self.state.nonfinite_total += 1
             self.state.nonfinite_run += 1
@@ -340,14 +375,16 @@ class Trainer:
         """Train to ``iterations`` (the config, and so the checkpoint, records the new target)."""
         if iterations != self.cfg.iterations:
             from dataclasses import replace
-            self.exp.config = replace(self.exp.config, train=replace(self.cfg, iterations=iterations))
-            self.cfg = self.exp.config.train
+            self.exp.config = replace(self.exp.config, train=replace(self.exp.config.train, iterations=iterations))
+            self.cfg = self._local(self.exp.config.train)
 
     def run(self, resume: bool = False, iterations: int | None = None) -> TrainState:
         """Train to the target (``iterations`` if given, else the config's; on ``resume``, the
         checkpoint's own target unless ``iterations`` is given). Ctrl-C or SIGTERM stops after the
         current iteration, writes the checkpoint and raises :class:`Interrupted`."""
         self.out.mkdir(parents=True, exist_ok=True)
+        if not self.group.main:                  # rank 0 holds the lock and writes every file
+            return self._run(resume, iterations)
         with RunLock(self.out / ".lock", f"--out {self.out}"):
             return self._run(resume, iterations)
 
@@ -358,18 +395,19 @@ class Trainer:
             raise FileExistsError(f"{self.out / CHECKPOINT} exists; pass --resume to continue or choose another --out")
         elif iterations is not None:
             self._set_iterations(iterations)
-        config_json = self.out / "config.json"
-        config_json.with_name("config.json.tmp").write_text(json.dumps(self.exp.config.to_dict(), indent=2))
-        os.replace(config_json.with_name("config.json.tmp"), config_json)
+        if self.group.main:
+            config_json = self.out / "config.json"
+            config_json.with_name("config.json.tmp").write_text(json.dumps(self.exp.config.to_dict(), indent=2))
+            os.replace(config_json.with_name("config.json.tmp"), config_json)
         from .runtime import progress_bar
         total = self.cfg.iterations
         bar = progress_bar(total=total, initial=self.state.iteration, enabled=self.progress)
-        log = open(self.out / "log.jsonl", "a")
+        log = open(self.out / "log.jsonl" if self.group.main else os.devnull, "a")
         last = {}
         try:
             with stop_on_signal() as stop:
                 while self.state.iteration < total:
-                    if stop:
+                    if self.group.any_true(bool(stop)):     # every rank stops at the same iteration
                         self.save()
                         log.flush()
                         raise Interrupted(f"interrupted at iteration {self.state.iteration} of {total}; checkpoint "
@@ -385,7 +423,7 @@ class Trainer:
         c0 = time.process_time()
         logs = self.step()
         it = self.state.iteration
-        if it % self.cfg.eval_every == 0 or it == total:
+        if (it % self.cfg.eval_every == 0 or it == total) and self.group.main:
             logs.update(self.evaluate(1))
             last.clear()
             last.update({k: v for k, v in logs.items() if k.startswith(("ess_", "log_z_"))})
@@ -406,8 +444,8 @@ class DataTrainer(Trainer):
     coupling), at the base step size 1/N_base; larger steps are self-distilled from it with the
     same self-consistency, volume and Jacobian losses as the data-free route."""
 
-    def __init__(self, exp: Experiment, out_dir: Path, progress: bool = True):
-        super().__init__(exp, out_dir, progress)
+    def __init__(self, exp: Experiment, out_dir: Path, progress: bool = True, group: Group = SINGLE):
+        super().__init__(exp, out_dir, progress, group)
         from .data import FrameSampler, load_frames
         dc = exp.config.data
         if dc.align != "none" and exp.target.n_particles is None:
@@ -417,43 +455,70 @@ class DataTrainer(Trainer):
             raise ValueError(f"data.align: 'rotation-permutation' relabels identical particles; the atoms of "
                              f"{exp.target.name!r} are not interchangeable (use 'rotation')")
         x, lw = load_frames(dc.path, exp.target)
+        self.shard_factor = 1.0
+        if self.group.parallel:                  # this rank's frames: every world-th one, from its rank on
+            keep = np.arange(self.group.rank, len(x), self.group.world)
+            if len(keep) == 0:
+                raise InputError(f"data.path {dc.path}: {len(x)} frames cannot be shared by {self.group.world} "
+                                 "processes")
+            lp = dc.weight_power * np.asarray(lw, dtype=np.float64)
+            # frames are drawn with probability w^power within the shard: scaling the rank's loss by
+            # world x (its shard's share of the total weight) makes the mean over ranks that of all frames
+            self.shard_factor = float(self.group.world * np.exp(np.logaddexp.reduce(lp[keep])
+                                                                - np.logaddexp.reduce(lp)))
+            x, lw = x[keep], np.asarray(lw)[keep]
         self.frames = FrameSampler(x, lw, exp.space, dc.weight_power, dc.mirror, exp.dtype, exp.device)
 
-    def losses(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        exp, cfg, gen, dc = self.exp, self.cfg, self.gen, self.exp.config.data
-        x1 = self.frames.sample(cfg.batch, gen)
-        x0 = exp.prior.sample(cfg.batch, gen, dtype=exp.dtype).to(exp.device)
+    def draw(self, n: int, gen: torch.Generator) -> dict:
+        """The random part of one iteration's batch of n rows (frames, prior draws, times, big steps;
+        OT coupling and alignment are applied here, within these n rows)."""
+        exp, cfg, dc = self.exp, self.cfg, self.exp.config.data
+        x1 = self.frames.sample(n, gen)
+        x0 = exp.prior.sample(n, gen, dtype=exp.dtype).to(exp.device)
         if dc.ot_coupling:
             x0 = align.ot_coupling(x0, x1)
         if dc.align != "none":
             x1 = align.align_pairs(x0, x1, permute=dc.align == "rotation-permutation")
-        t = torch.rand(cfg.batch, generator=gen, dtype=torch.float64).to(exp.dtype).to(exp.device)
-        l_fm = losses.flow_matching_loss(exp.velocity(), x0, x1, t, 1.0 / cfg.n_base) / exp.schedule.s0**2
-        base = dc.fm_weight * l_fm
-        rest = torch.zeros((), dtype=exp.dtype, device=exp.device)
-        logs = {"fm": l_fm.item()}
+        t = torch.rand(n, generator=gen, dtype=torch.float64).to(exp.dtype).to(exp.device)
+        batch = {"x0": x0, "x1": x1, "t": t}
         if (cfg.sd_weight > 0 or cfg.vol_weight > 0) and self.state.iteration >= cfg.sd_start:
-            m = min(cfg.sd_batch, cfg.batch)
+            m = min(cfg.sd_batch, n)
             ts, d, _ = losses.sample_big_steps(m, cfg.n_base, gen)
             ts, d = ts.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
-            x = self.flow_states(ts, d) if cfg.sd_states == "flow" else losses.interpolate(x0[:m], x1[:m], ts)
-            rest = rest + self.consistency_losses(x, ts, d, exp.model, logs)
-        rest = rest + self.one_step_kl(logs)
+            xs = self.flow_states(ts, d) if cfg.sd_states == "flow" else losses.interpolate(x0[:m], x1[:m], ts)
+            batch.update(sd_t=ts, sd_d=d, sd_x=xs)
+        return batch
+
+    def batch_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(base loss, distillation terms, logs) of a drawn batch (means over its rows)."""
+        exp, cfg, dc = self.exp, self.cfg, self.exp.config.data
+        x0, x1, t = batch["x0"], batch["x1"], batch["t"]
+        l_fm = losses.flow_matching_loss(exp.velocity(), x0, x1, t, 1.0 / cfg.n_base) / exp.schedule.s0**2
+        base = self.shard_factor * dc.fm_weight * l_fm
+        rest = torch.zeros((), dtype=exp.dtype, device=exp.device)
+        logs = {"fm": l_fm.item()}
+        if "sd_x" in batch:
+            rest = rest + self.consistency_losses(batch["sd_x"], batch["sd_t"], batch["sd_d"], exp.model, logs)
+        rest = self.shard_factor * (rest + self.one_step_kl(logs))
         logs["loss"] = (base + rest).item()
         return base, rest, logs
 
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        return self.batch_losses(self.draw(self.cfg.batch, self.gen))
 
-def make_trainer(exp: Experiment, out_dir: str | Path, progress: bool = True) -> Trainer:
+
+def make_trainer(exp: Experiment, out_dir: str | Path, progress: bool = True, group: Group = SINGLE) -> Trainer:
     """The trainer of the experiment's route."""
     cls = DataTrainer if exp.route == "data" else Trainer
-    return cls(exp, Path(out_dir), progress)
+    return cls(exp, Path(out_dir), progress, group)
 
 
 def train(config: ExperimentConfig, out_dir: str | Path, device: str = "cpu", resume: bool = False,
-          progress: bool = True, iterations: int | None = None) -> TrainState:
+          progress: bool = True, iterations: int | None = None, group: Group = SINGLE) -> TrainState:
     """Train ``config`` into ``out_dir`` (checkpoint.pt, config.json, log.jsonl). ``iterations``
-    overrides train.iterations; on ``resume`` without it the run continues to its own target."""
-    return make_trainer(build(config, device), out_dir, progress).run(resume, iterations)
+    overrides train.iterations; on ``resume`` without it the run continues to its own target.
+    ``group``: this process's rank in a multi-process run (molsample.distributed)."""
+    return make_trainer(build(config, device), out_dir, progress, group).run(resume, iterations)
 
 
 def _config_difference(saved: dict, current: dict, prefix: str = "") -> str:

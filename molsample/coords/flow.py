@@ -149,9 +149,11 @@ class OneStepSampler:
             z = self.flow.step(z, weights, t, d)
         return z, log_det, sign
 
-    def draw(self, n: int, generator: torch.Generator, weights=None, with_log_det: bool = True, steps: int = 1):
-        """n samples: dict with y, log_q (of y), log_w, sign (of the map's det), and z0, z1."""
-        z0, log_p = self.latent(n, generator)
+    def draw(self, n: int, generator: torch.Generator, weights=None, with_log_det: bool = True, steps: int = 1,
+             latent: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """n samples: dict with y, log_q (of y), log_w, sign (of the map's det), and z0, z1. ``latent``:
+        given base draws (z0, log p(z0)) instead of n fresh ones."""
+        z0, log_p = self.latent(n, generator) if latent is None else latent
         z1, log_det, sign = self.run(z0, weights, steps, with_log_det)
         y, ok = self.base.from_latent(z1)
         log_q = log_p - log_det - self.base.log_det_chol
@@ -202,11 +204,11 @@ class OneStepSampler:
         return loss, {"sc_loss": float(loss.detach()), "sc_steps": k}
 
     def reverse_kl(self, n: int, generator: torch.Generator, energy_cap: float = 1e4,
-                   steps: int = 1) -> tuple[torch.Tensor, dict]:
+                   steps: int = 1, latent: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
         """The one-step map's reverse KL up to a constant, mean of u_y(y) + log q(y) over n base draws
         (energies above ``energy_cap`` kT enter as cap + log(1 + u - cap); draws outside the domain
-        are left out and counted). Returns (loss, logs)."""
-        d = self.draw(n, generator, steps=steps)
+        are left out and counted), or over the given ``latent`` draws. Returns (loss, logs)."""
+        d = self.draw(n, generator, steps=steps, latent=latent)
         u = self.target.energy(d["y"])
         ok = torch.isfinite(u) & torch.isfinite(d["log_q"])
         loss = (_capped(u, energy_cap) + d["log_q"])[ok].mean()

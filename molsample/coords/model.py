@@ -351,23 +351,67 @@ def evaluate(sampler: InternalSampler, n: int, seed: int = 12345, steps: typing.
     return out
 
 
+def train_step(sampler: InternalSampler, opt: torch.optim.Optimizer, tc: ICTrainConfig, batch: int,
+               gen: torch.Generator, group=None) -> dict:
+    """One iteration on ``batch`` draws of this rank: the loss, its gradient averaged over the ranks
+    (``group``; the gradient of the global batch's mean), clipped to ``tc.grad_clip``, one optimiser
+    step. A loss that is not finite on some rank is skipped on every rank (``skipped`` in the logs)."""
+    from ..distributed import SINGLE
+    group = group or SINGLE
+    opt.zero_grad()
+    # one K per iteration, the same on every rank (rank 0's draw); a single K draws nothing (the
+    # generator's stream stays that of a single-step run)
+    k = tc.steps[0] if len(tc.steps) == 1 else \
+        group.broadcast(tc.steps[int(torch.randint(len(tc.steps), (1,), generator=gen))])
+    loss, logs = sampler.one_step.objective(tc.loss, batch, gen, tc.energy_cap, tc.ess_weight, steps=k)
+    logs["steps"] = k
+    if tc.self_consistency > 0:
+        sc, sc_logs = sampler.one_step.self_consistency(batch, gen, tc.steps)
+        loss = loss + tc.self_consistency * sc
+        logs.update(sc_logs)
+    if math.isfinite(group.mean(float(loss.detach()))):
+        params = list(sampler.flow.parameters())
+        loss.backward()
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        group.average_([p.grad for p in params])
+        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        opt.step()
+    else:
+        logs["skipped"] = True
+    return logs
+
+
 def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progress: bool = True,
-                   iterations: int | None = None) -> dict:
+                   iterations: int | None = None, group=None) -> dict:
     """Fit the base and train the one-step map of ``cfg`` into ``out_dir`` (checkpoint.pt, config.json,
     log.jsonl). Resumable (``resume``: continue to the checkpoint's own target unless ``iterations`` is
     given); Ctrl-C / SIGTERM finish the iteration, write the checkpoint and raise Interrupted.
-    Returns the training state (iteration, cpu_seconds, base fit time, last evaluation)."""
+    Returns the training state (iteration, cpu_seconds, base fit time, last evaluation).
+
+    ``group`` (molsample.distributed): under several processes rank 0 fits the base and sends it to
+    the others, each rank draws ``train.batch / world`` of every batch from its own generator, the
+    map's gradient is averaged over the ranks before clipping, and rank 0 alone evaluates, logs and
+    writes the checkpoint (with every rank's generator state)."""
+    import contextlib
+
+    from ..distributed import SINGLE, stream_seed
     from ..runtime import progress_bar
 
     from ..io import read_checkpoint
     from ..runtime import Interrupted, RunLock, stop_on_signal
     from ..train import atomic_save
+    group = group or SINGLE
+    progress = progress and group.main
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CHECKPOINT
-    with RunLock(out / ".lock", f"--out {out}"):
+    lock = RunLock(out / ".lock", f"--out {out}") if group.main else contextlib.nullcontext()
+    with lock:
         torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(stream_seed(cfg.seed, group.rank))
+        batch = group.split(cfg.train.batch, "train.batch")
         if resume:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: no checkpoint to resume; start without --resume")
@@ -381,16 +425,30 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
             st = ckpt["state"]
             if target_its < st["iteration"]:
                 raise ValueError(f"--iterations {target_its}: the run has already done {st['iteration']}")
-            gen.set_state(ckpt["rng"])
+            world = int(ckpt.get("world_size", 1))
+            if world != group.world:
+                raise ValueError(f"{path}: the run was trained on {world} process(es); resume it on {world} "
+                                 f"(--nproc {world}) so that every rank continues its own random stream")
+            gen.set_state(ckpt["rngs"][group.rank] if "rngs" in ckpt else ckpt["rng"])
         else:
             if path.is_file():
                 raise FileExistsError(f"{path} exists; pass --resume to continue or choose another --out")
             target_its = cfg.train.iterations if iterations is None else iterations
             c0 = time.process_time()
-            sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(cfg.seed + 1), progress=progress)
+            fitted = None
+            if group.main:                        # the base is fitted once and sent to the other ranks
+                sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(cfg.seed + 1), progress=progress)
+                fitted = (base_state(sampler.base), sampler.refine_log)
+            fitted = group.broadcast(fitted)
+            if not group.main:
+                sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(cfg.seed + 1),
+                                        base_state_dict=fitted[0])
+                sampler.refine_log = fitted[1]
+            group.broadcast_module_(sampler.flow)
             st = {"iteration": 0, "cpu_seconds": 0.0, "base_fit_cpu_seconds": time.process_time() - c0,
                   "base_refine": sampler.refine_log,
                   "nonfinite_total": 0, "last_eval": {}}
+            st["base_fit_cpu_seconds"] = group.broadcast(st["base_fit_cpu_seconds"])
             ckpt = None
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, iterations=target_its))
         tc = cfg.train
@@ -399,51 +457,40 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
             opt.load_state_dict(ckpt["optimizer"])
 
         def save():
+            rngs = group.gather(gen.get_state())
+            if not group.main:
+                return
             st["target_iterations"] = target_its
             atomic_save({"format": FORMAT, "config": cfg.to_dict(), "system": cfg.target, "model": sampler.state(),
-                          "optimizer": opt.state_dict(), "state": dict(st), "rng": gen.get_state(),
-                          "torch_version": str(torch.__version__)}, path)
+                          "optimizer": opt.state_dict(), "state": dict(st), "rng": gen.get_state(), "rngs": rngs,
+                          "world_size": group.world, "torch_version": str(torch.__version__)}, path)
 
-        cj = out / "config.json"
-        cj.with_name("config.json.tmp").write_text(json.dumps(cfg.to_dict(), indent=2))
-        os.replace(cj.with_name("config.json.tmp"), cj)
+        if group.main:
+            cj = out / "config.json"
+            cj.with_name("config.json.tmp").write_text(json.dumps(cfg.to_dict(), indent=2))
+            os.replace(cj.with_name("config.json.tmp"), cj)
         if st["iteration"] == 0 and not st["last_eval"]:
-            st["base_eval"] = evaluate(sampler, tc.eval_samples, steps=tc.steps)
-            st["last_eval"] = dict(st["base_eval"])
+            if group.main:
+                st["base_eval"] = evaluate(sampler, tc.eval_samples, steps=tc.steps)
+                st["last_eval"] = dict(st["base_eval"])
             save()
         bar = progress_bar(total=target_its, initial=st["iteration"], enabled=progress,
                            desc=f"train {cfg.target} (internal)")
-        log = open(out / "log.jsonl", "a")
+        log = open(out / "log.jsonl" if group.main else os.devnull, "a")
         try:
             with stop_on_signal() as stop:
                 while st["iteration"] < target_its:
-                    if stop:
+                    if group.any_true(bool(stop)):      # every rank stops at the same iteration
                         save()
                         raise Interrupted(f"interrupted at iteration {st['iteration']} of {target_its}; checkpoint "
                                           f"{path} written; continue with --resume")
                     c0 = time.process_time()
-                    opt.zero_grad()
-                    # one K per iteration; a single K draws nothing (the generator's stream stays that of a
-                    # single-step run)
-                    k = tc.steps[0] if len(tc.steps) == 1 else \
-                        tc.steps[int(torch.randint(len(tc.steps), (1,), generator=gen))]
-                    loss, logs = sampler.one_step.objective(tc.loss, tc.batch, gen, tc.energy_cap, tc.ess_weight,
-                                                            steps=k)
-                    logs["steps"] = k
-                    if tc.self_consistency > 0:
-                        sc, sc_logs = sampler.one_step.self_consistency(tc.batch, gen, tc.steps)
-                        loss = loss + tc.self_consistency * sc
-                        logs.update(sc_logs)
-                    if torch.isfinite(loss):
-                        loss.backward()
-                        torch.nn.utils.clip_grad_norm_(sampler.flow.parameters(), tc.grad_clip)
-                        opt.step()
-                    else:
+                    logs = train_step(sampler, opt, tc, batch, gen, group)
+                    if logs.get("skipped"):
                         st["nonfinite_total"] += 1
-                        logs["skipped"] = True
                     st["iteration"] += 1
                     it = st["iteration"]
-                    if it % tc.eval_every == 0 or it == target_its:
+                    if (it % tc.eval_every == 0 or it == target_its) and group.main:
                         st["last_eval"] = evaluate(sampler, tc.eval_samples, steps=tc.steps)
                         logs.update(st["last_eval"])
                     st["cpu_seconds"] += time.process_time() - c0
