@@ -91,7 +91,7 @@ def main() -> None:
             for r in range(args.repeats):
                 gen = torch.Generator().manual_seed(args.seed_offset + r)
                 s = sample(exp.velocity(), exp.prior, target, n, k, "exact", gen, batch_size=args.batch,
-                           dtype=exp.dtype, schedule=exp.schedule if exp.route == "energy" else None,
+                           dtype=exp.dtype,
                            qmc_seed=args.seed_offset + r if sobol else None)
                 lw = s.log_w.double().numpy()
                 lz = log_z(lw, rng=np.random.default_rng(r))

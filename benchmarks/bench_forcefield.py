@@ -57,8 +57,9 @@ def bench(name: str, batch: int, repeats: int, use_compile: bool, n_openmm: int)
     xs = conformations(name, batch, rng)
     system, kt = target.openmm_system()
     # energy in the force field's own unit: kJ/mol for molecules, kT (reduced) for LJ
-    unit_scale = 1.0 if hasattr(target, "energy_kj") else kt
-    energy_fn = target.energy_kj if hasattr(target, "energy_kj") else target.energy
+    molecule = target.kt is not None
+    unit_scale = 1.0 if molecule else kt
+    energy_fn = target.energy_kj if molecule else target.energy
     rows = []
     ref_e = ref_f = None
     for plat in ("Reference", "CPU"):

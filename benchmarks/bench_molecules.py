@@ -53,7 +53,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(args.seed)
         c0, w0 = time.process_time(), time.perf_counter()
         s = sample(exp.velocity(), exp.prior, exp.target, args.n, k, "exact", gen, batch_size=args.batch,
-                   dtype=exp.dtype, schedule=exp.schedule if exp.route == "energy" else None)
+                   dtype=exp.dtype)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         save_samples(out / f"K{k}.npz", "samples", {"system": exp.target.name, "steps": k}, x=s.x.double().numpy(),
                      log_q=s.log_q.double().numpy(), log_w=s.log_w.double().numpy(), log_prob=s.log_prob.double().numpy())

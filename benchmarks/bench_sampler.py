@@ -50,8 +50,7 @@ def main() -> None:
         row = {}
         for method in ("exact", "paper"):
             gen = torch.Generator().manual_seed(args.seed)
-            s = sample(exp.velocity(), exp.prior, target, args.n, k, method, gen, dtype=exp.dtype,
-                       schedule=exp.schedule)
+            s = sample(exp.velocity(), exp.prior, target, args.n, k, method, gen, dtype=exp.dtype)
             lw = s.log_w.double().numpy()
             row[method] = (log_z(lw, rng=np.random.default_rng(0)), s)
         lz_e, s_e = row["exact"]

@@ -125,8 +125,7 @@ def main() -> None:
     print("|---|" + "---|" * (len(QUANTILES) + 4))
     for k in args.steps:
         gen = torch.Generator().manual_seed(args.seed)
-        s = sample(exp.velocity(), exp.prior, target, args.n, k, "exact", gen, dtype=exp.dtype,
-                   schedule=exp.schedule)
+        s = sample(exp.velocity(), exp.prior, target, args.n, k, "exact", gen, dtype=exp.dtype)
         report(describe_steps(k), s.x[:, 0].double().numpy(), s.log_w.double().numpy(), cut, target.log_z)
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():

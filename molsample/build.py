@@ -68,7 +68,7 @@ def build_model(cfg: ExperimentConfig, target: Target, space: Space, prior: Prio
 def build_prior(cfg: ExperimentConfig, target: Target, space: Space, s0: float) -> Prior:
     if cfg.prior.kind == "isotropic":
         return Prior(space, s0)
-    topology = getattr(target, "topology", None)
+    topology = target.topology
     if topology is None:
         raise ValueError(f"prior kind 'harmonic' needs a molecule with bonds; {target.name!r} has no topology")
     bonds = [(a.index, b.index) for a, b in topology.bonds]

@@ -95,15 +95,14 @@ def _cmd_energy(args) -> int:
     if args.backend == "openmm":
         from .runtime import check_platform
         check_platform(args.platform)
-    topology = getattr(target, "topology", None)
-    xyz = read_positions(args.file, target.event_shape, topology)
-    kt = getattr(target, "kt", None)
+    xyz = read_positions(args.file, target.event_shape, target.topology)
+    kt = target.kt
     if args.backend == "torch":
         x = torch.as_tensor(xyz, dtype=getattr(torch, args.dtype))
         with torch.no_grad():
             u = torch.cat([target.energy(c) for c in torch.split(x, 4096)]).double().numpy()
     else:
-        if not hasattr(target, "openmm_system"):
+        if not target.has_openmm:
             raise ValueError(f"--backend openmm: system {target.name!r} has no OpenMM form; use --backend torch")
         system, kt_system = target.openmm_system()
         if not np.all(np.isfinite(xyz)):
@@ -251,7 +250,7 @@ def _sample_cartesian(args, out: Path, device, group) -> int:
     from .sampler import concat_samples, describe_steps, off_training_grid, sample
     from .train import load_checkpoint
     exp, ckpt = load_checkpoint(args.checkpoint, device)
-    if args.traj and getattr(exp.target, "topology", None) is None:
+    if args.traj and not exp.target.molecular:
         raise ValueError(f"--traj {args.traj}: needs a molecular system; {exp.target.name} has no topology "
                          "(the samples are in --out)")
     off = off_training_grid(args.steps, exp.config.train.n_base)
@@ -264,7 +263,7 @@ def _sample_cartesian(args, out: Path, device, group) -> int:
     def draw(m, gen, qmc_seed=None):
         s = sample(exp.velocity(), exp.prior, exp.target, m, args.steps, args.weights, gen,
                    batch_size=args.batch_size, dtype=exp.dtype, device=exp.device,
-                   schedule=exp.schedule if exp.route == "energy" else None, qmc_seed=qmc_seed)
+                   qmc_seed=qmc_seed)
         return dataclasses.replace(s, x=s.x.cpu(), log_q=s.log_q.cpu(), log_w=s.log_w.cpu(), log_prob=s.log_prob.cpu())
 
     t0 = time.perf_counter()

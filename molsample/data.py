@@ -53,7 +53,7 @@ def load_frames(path: str | Path, target) -> tuple[np.ndarray, np.ndarray]:
         if len(x) == 0:
             raise InputError(f"{path}: holds no frames; the data route needs reference frames")
     else:
-        x = read_positions(path, target.event_shape, getattr(target, "topology", None))
+        x = read_positions(path, target.event_shape, target.topology)
         lw = np.zeros(len(x))
     if x.shape[1:] != tuple(target.event_shape):
         raise TopologyMismatchError(f"{path}: frames have shape {x.shape[1:]}, the system {target.name!r} "

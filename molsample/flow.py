@@ -14,7 +14,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -220,7 +219,31 @@ def as_times(value, x: torch.Tensor) -> torch.Tensor:
     return v.expand(x.shape[0]) if v.dim() == 0 else v
 
 
-class DriftVelocity:
+class Velocity:
+    """A step velocity b(x, t, d): the step is Phi(x; t, d) = x + d b(x, t, d). A velocity knows its linear
+    part a(t) (b = a(t) x + the rest) and the measured ratio that certifies its step a bijection; this
+    base has no linear part, so its step is a bijection where d Lip(b) < 1."""
+
+    def __call__(self, x, t, d, **kw):
+        raise NotImplementedError
+
+    def linear_rate(self, t: torch.Tensor) -> torch.Tensor:
+        """a(t) in b = a(t) x + (the rest); here 0."""
+        return torch.zeros_like(t)
+
+    def bijectivity_ratio(self, step_jacobian: torch.Tensor, t: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Per sample, the local ratio that must stay below 1 for the step with this Jacobian to be a
+        bijection (a lower estimate of the global constant): ||J - I||_2 = d ||J_b||_2."""
+        from .jacobian import direct_step_ratio
+        return direct_step_ratio(step_jacobian)
+
+    def jacobian(self, x: torch.Tensor, t, d, basis: torch.Tensor) -> torch.Tensor | None:
+        """Q^T (db/dx) Q (B, dof, dof) in closed form or forward mode, or None when the velocity has
+        none (then autograd is used); here None."""
+        return None
+
+
+class DriftVelocity(Velocity):
     """b(x, t, d) = 0.5 sigma(t) u(x, t, d) + 0.5 beta(t) x for a drift u (e.g. a network)."""
 
     def __init__(self, drift: Callable, schedule: CosineSchedule):
@@ -235,8 +258,13 @@ class DriftVelocity:
         """a(t) in b = a(t) x + (the rest): 0.5 beta(t). A step is then (1 + d a) x + d (b - a x)."""
         return 0.5 * self.schedule.beta(t)
 
+    def bijectivity_ratio(self, step_jacobian: torch.Tensor, t: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """(d sigma / 2) ||du/dx||_2 / (1 + d beta / 2): the step is a bijection where it is below 1."""
+        from .jacobian import lipschitz_ratio
+        return lipschitz_ratio(step_jacobian, self.schedule.sigma(t), self.schedule.beta(t), d)
 
-class DirectVelocity:
+
+class DirectVelocity(Velocity):
     """b(x, t, d) = net(x, t, d): the velocity of a flow learned on data (linear interpolant
     x_t = (1 - t) x_0 + t x_1 from the prior). Keyword options of the drift route are ignored."""
 
@@ -245,10 +273,6 @@ class DirectVelocity:
 
     def __call__(self, x, t, d, **kw):
         return self.net(x, as_times(t, x), as_times(d, x))
-
-    def linear_rate(self, t: torch.Tensor) -> torch.Tensor:
-        """No linear part: a(t) = 0."""
-        return torch.zeros_like(t)
 
     def jacobian(self, x, t, d, basis):
         """Q^T (db/dx) Q (B, dof, dof) by the network's own forward-mode Jacobian, or None when

@@ -72,7 +72,7 @@ def velocity_jacobian(velocity, x: torch.Tensor, t, d, space: Space, create_grap
 
     Uses the velocity's own ``jacobian`` (forward mode, much cheaper) when it has one and no graph
     is needed; otherwise dof batched vector-Jacobian products."""
-    if not create_graph and not kw and hasattr(velocity, "jacobian"):
+    if not create_graph and not kw:
         with torch.no_grad():
             jac = velocity.jacobian(x.detach(), t, d, space.basis(x.dtype, x.device))
         if jac is not None:

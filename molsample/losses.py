@@ -164,7 +164,7 @@ def one_step_reverse_kl(velocity, prior, target, x0: torch.Tensor,
     t = torch.zeros(n, dtype=x0.dtype, device=x0.device)
     d = torch.ones(n, dtype=x0.dtype, device=x0.device)
     x = pf_step(velocity, x0, t, d)
-    jac = velocity.jacobian(x0, t, d, prior.space.basis(x0.dtype, x0.device)) if hasattr(velocity, "jacobian") else None
+    jac = velocity.jacobian(x0, t, d, prior.space.basis(x0.dtype, x0.device))
     if jac is None:
         jac = velocity_jacobian(velocity, x0, t, d, prior.space, create_graph=True)
     step = torch.eye(jac.shape[-1], dtype=x0.dtype, device=x0.device) + jac

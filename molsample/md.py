@@ -70,12 +70,9 @@ class MDSettings:
 
 
 def initial_positions(target) -> np.ndarray:
-    """A starting structure: the PDB's for force-field systems, a Mackay icosahedron for LJ."""
-    from .targets.structures import mackay_icosahedron
-    if hasattr(target, "positions"):
+    """A starting structure: the PDB's for force-field systems, a Mackay icosahedron for LJ13 / LJ55."""
+    if target.positions is not None:
         return np.asarray(target.positions)
-    if type(target).__name__ == "LennardJones" and target.n_particles in (13, 55):
-        return mackay_icosahedron(1 if target.n_particles == 13 else 2, spacing=target.r_m)
     raise InputError(f"no starting structure for {target.name}; MD supports force-field systems and LJ13/LJ55")
 
 
@@ -110,7 +107,7 @@ def md_target(settings: MDSettings):
     """The system of ``settings``, checked to have an OpenMM form and a start, and to take --temperature."""
     from .targets import load_target
     target = load_target(settings.system)
-    if not hasattr(target, "openmm_system"):
+    if not target.has_openmm:
         raise InputError(f"system {settings.system!r} has no OpenMM form; MD needs a force-field or LJ system")
     if target.temperature is None and settings.temperature is not None:
         raise InputError(f"--temperature: {settings.system} is defined in reduced units; set its temperature "
@@ -338,7 +335,7 @@ def _run_md_locked(settings, out, work, replicas, target, show_progress, stop, m
     for r in records:
         r.pop("interrupted", None)
         r.pop("frames", None)
-    topology = getattr(target, "topology", None)
+    topology = target.topology
     if topology is None:
         topology = mdtraj.Topology()
         chain = topology.add_chain()
@@ -354,7 +351,7 @@ def _run_md_locked(settings, out, work, replicas, target, show_progress, stop, m
     for rec, path in zip(records, files):
         rec["statistics"] = replica_statistics(Path(path), topology, frame_ps)
     meta = {"settings": asdict(settings), "files": files, "replicas": records,
-            "forcefield": list(getattr(target, "forcefield", ())), "kT_kj_per_mol": kt,
+            "forcefield": list(target.forcefield), "kT_kj_per_mol": kt,
             "openmm_version": openmm.__version__, "wall_seconds": time.perf_counter() - t0,
             "integrator": "LangevinMiddleIntegrator", "constraints": "none"}
     side = out.with_suffix(".json")

@@ -53,11 +53,12 @@ def exact_weights(exp, x0: torch.Tensor, x: torch.Tensor, deadline: float, min_w
                   progress: bool = True):
     """Exact one-step log q and log w, batch by batch, until ``deadline`` (time.perf_counter) has
     passed and at least ``min_weights`` samples are done (or all are). Returns (n_done, log_q,
-    log_w, log_prob, n_nonpositive_det, bijectivity ratio ||J_step - I||_2 per sample, smallest
+    log_w, log_prob, n_nonpositive_det, the velocity's bijectivity ratio per sample, smallest
     eigenvalue of the symmetric part of J_step per sample)."""
     from .runtime import progress_bar
 
-    from .jacobian import direct_step_ratio, step_log_volume
+    from .flow import as_times
+    from .jacobian import step_log_volume
     velocity, space = exp.velocity(), exp.space
     lq, lp, bad, ratio, mono = [], [], 0, [], []
     bar = progress_bar(total=len(x0), enabled=progress, desc="exact weights", unit="sample", file_interval=10.0)
@@ -66,7 +67,8 @@ def exact_weights(exp, x0: torch.Tensor, x: torch.Tensor, deadline: float, min_w
         sl = slice(done, min(done + batch, len(x0)))
         vol = step_log_volume(velocity, x0[sl], 0.0, 1.0, space, "exact")
         bad += int(vol.invalid.sum())
-        r, m = vol.bijectivity(direct_step_ratio)
+        t, d = as_times(0.0, x0[sl]), as_times(1.0, x0[sl])
+        r, m = vol.bijectivity(lambda j: velocity.bijectivity_ratio(j, t, d))
         ratio.append(r)                                                      # bijective if < 1 everywhere
         mono.append(m)                                                       # or if > 0 everywhere
         lq.append(exp.prior.log_prob(x0[sl]) - vol.log_det)

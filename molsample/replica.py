@@ -576,7 +576,7 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
     t_target = float(target_temperature if target_temperature is not None else target.temperature)
     rows = np.arange(n_it)[:, None]
     xyz = data["positions"][rows, data["replica"]]                        # (T, K, N, 3) by temperature
-    topology = getattr(target, "topology", None)
+    topology = target.topology
     dih, traj = {}, None
     if topology is not None and topology.n_residues > 1:
         traj = mdtraj.Trajectory(xyz.reshape(-1, *xyz.shape[2:]), topology)
@@ -650,9 +650,9 @@ def analyse_run(work: str | Path, target, target_temperature: float | None = Non
 def _load_pt_target(settings: PTSettings):
     from .targets import load_target
     target = load_target(settings.system)
-    if not hasattr(target, "openmm_system"):
+    if not target.has_openmm:
         raise ValueError(f"system {settings.system!r} has no OpenMM form; parallel tempering needs a force-field system")
-    if getattr(target, "temperature", None) is None or not hasattr(target, "positions"):
+    if target.temperature is None or target.positions is None:
         raise ValueError(f"system {settings.system!r} is defined in reduced units (no temperature in kelvin); "
                          "parallel tempering needs a force-field system")
     t = target.temperature
@@ -726,7 +726,7 @@ def run_pt(settings: PTSettings, out: str | Path, resume: bool = False, show_pro
     meta = {"settings": asdict(settings), "estimates": res, "method": "parallel tempering (openmmtools "
             "ParallelTemperingSampler, LangevinDynamicsMove = LangevinMiddleIntegrator, velocities redrawn "
             f"every iteration, {settings.mixing}), MBAR over all temperatures (pymbar)",
-            "system": target.name, "forcefield": list(getattr(target, "forcefield", ())), "constraints": "none",
+            "system": target.name, "forcefield": list(target.forcefield), "constraints": "none",
             "n_iterations": res["n_iterations"], "n_iterations_target": settings.n_iterations,
             "complete": res["n_iterations"] >= settings.n_iterations,
             "ns_per_replica_done": res["n_iterations"] * settings.exchange_ps / 1000.0,

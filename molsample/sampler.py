@@ -15,8 +15,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from .flow import Prior, _bt, as_times, pf_step
-from .jacobian import direct_step_ratio, lipschitz_ratio, step_log_volume
+from .flow import Prior, Velocity, _bt, as_times, pf_step
+from .jacobian import step_log_volume
 
 
 def step_grid(steps) -> list[tuple[float, float]]:
@@ -123,8 +123,8 @@ class Samples:
     info: dict = field(default_factory=dict)
 
 
-def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int | Sequence[float], method: str = "exact",
-              generator: torch.Generator | None = None, schedule=None, **kw):
+def integrate(velocity: Velocity, prior: Prior, x0: torch.Tensor, steps: int | Sequence[float], method: str = "exact",
+              generator: torch.Generator | None = None, **kw):
     """Run K = steps deterministic steps from x0; return (x_K, log q, bad_det, lipschitz, monotone),
     the last three per sample: some step had det <= 0 or a non-finite Jacobian; largest measured
     bijectivity ratio over the steps; smallest eigenvalue of the symmetric part of a step Jacobian
@@ -144,21 +144,17 @@ def integrate(velocity, prior: Prior, x0: torch.Tensor, steps: int | Sequence[fl
             log_q = log_q - vol.log_det.detach()
             if vol.sign is not None:
                 bad |= vol.invalid
-                if schedule is not None:
-                    tt, dd = as_times(t, x), as_times(d, x)
-                    ratio = lambda j: lipschitz_ratio(j, schedule.sigma(tt), schedule.beta(tt), dd)
-                else:                  # Phi = x + d b: a bijection when d Lip(b) < 1; measured locally
-                    ratio = direct_step_ratio
-                r, m = vol.bijectivity(ratio)
+                tt, dd = as_times(t, x), as_times(d, x)
+                r, m = vol.bijectivity(lambda j: velocity.bijectivity_ratio(j, tt, dd))
                 lip, mono = torch.fmax(lip, r), torch.fmin(mono, m)
         with torch.no_grad():
             x = pf_step(velocity, x, t, d, **kw)
     return x.detach(), log_q, bad, lip, mono
 
 
-def sample(velocity, prior: Prior, target, n: int, steps: int | Sequence[float], method: str = "exact",
+def sample(velocity: Velocity, prior: Prior, target, n: int, steps: int | Sequence[float], method: str = "exact",
            generator: torch.Generator | None = None, batch_size: int = 1024, dtype=torch.float32,
-           device="cpu", schedule=None, qmc_seed: int | None = None) -> Samples:
+           device="cpu", qmc_seed: int | None = None) -> Samples:
     """Draw n samples with a K-step deterministic map and their DF importance weights.
 
     ``steps``: K equal steps, or a list of step sizes summing to 1 (:func:`step_grid`).
@@ -178,7 +174,7 @@ def sample(velocity, prior: Prior, target, n: int, steps: int | Sequence[float],
             x0 = prior.sample(m, generator, dtype=dtype).to(device)
         else:
             x0 = all_x0[start:start + m].to(device)
-        x, log_q, b, r, mn = integrate(velocity, prior, x0, steps, method, generator, schedule)
+        x, log_q, b, r, mn = integrate(velocity, prior, x0, steps, method, generator)
         with torch.no_grad():
             log_prob = -target.energy(x)
         xs.append(x), lq.append(log_q.detach()), lp.append(log_prob), bad.append(b), lip.append(r)

@@ -8,6 +8,8 @@ import typing
 
 import torch
 
+from .flow import Velocity
+
 
 def random_orthogonal(generator: torch.Generator, dim: int = 3, batch: int | None = None, reflect: bool = False,
                       dtype=torch.float64) -> torch.Tensor:
@@ -82,7 +84,7 @@ def dense_step_jacobian(velocity, x: torch.Tensor, t, d, space) -> torch.Tensor:
     return torch.stack(out)
 
 
-class ExactLinearFlow:
+class ExactLinearFlow(Velocity):
     """b = (exp(0.5 int_t^{t+d} beta) - 1) x / d: the exact flow map of dx/dt = 0.5 beta x (self-consistent
     at every step size)."""
 
@@ -95,7 +97,7 @@ class ExactLinearFlow:
         return g.reshape(-1, *([1] * (x.dim() - 1))) * x
 
 
-class EulerLinearFlow:
+class EulerLinearFlow(Velocity):
     """b = 0.5 beta(t) x, independent of the step size (its self-consistency error is second order in d)."""
 
     def __init__(self, schedule=None):
@@ -106,7 +108,7 @@ class EulerLinearFlow:
         return 0.5 * self.schedule.beta(t).reshape(-1, *([1] * (x.dim() - 1))) * x
 
 
-class RandomLinearFlow:
+class RandomLinearFlow(Velocity):
     """b = M(t) x with a fixed random non-symmetric matrix family M(t) = A + t C: x_K = L x_0 exactly."""
 
     def __init__(self, dim: int, seed: int = 0):
@@ -123,7 +125,7 @@ class RandomLinearFlow:
         return torch.einsum("bij,bj->bi", m, x)
 
 
-class LinearVelocity:
+class LinearVelocity(Velocity):
     """b(x) = A_n x with a different matrix per sample (no linear rate)."""
 
     def __init__(self, a: torch.Tensor):

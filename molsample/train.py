@@ -362,8 +362,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(12345)
         try:
             s = sample(exp.velocity(self.ema), exp.prior, exp.target, self.cfg.eval_samples, steps,
-                       self.cfg.eval_weights, gen, dtype=exp.dtype, device=exp.device,
-                       schedule=exp.schedule if exp.route == "energy" else None)
+                       self.cfg.eval_weights, gen, dtype=exp.dtype, device=exp.device)
         except NonFinitePositionsError:
             return {f"ess_{steps}": math.nan, f"log_z_{steps}": math.nan, f"eval_nonfinite_{steps}": True}
         lw = s.log_w.double().cpu().numpy()

@@ -491,7 +491,7 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     from .targets import load_target
     out = Path(out)
     target = load_target(settings.system)            # checked before any window starts
-    if not hasattr(target, "openmm_system") or getattr(target, "topology", None) is None:
+    if not (target.has_openmm and target.molecular):
         raise ValueError(f"system {settings.system!r}: umbrella sampling needs a molecule with an OpenMM force field")
     for name in restrained_angles(settings):
         dihedral_atoms(target.topology, name)

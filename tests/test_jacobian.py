@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from molsample.flow import CosineSchedule, Prior, Space
+from molsample.flow import CosineSchedule, Prior, Space, Velocity
 from molsample.jacobian import lipschitz_ratio, monotonicity, step_log_volume, velocity_jacobian
 from molsample.jacobian import step_lipschitz, step_monotonicity
 from molsample.losses import bijectivity_penalty
@@ -62,7 +62,7 @@ def test_langevin_hessian_enters_the_jacobian_unless_held_fixed():
                           velocity_jacobian(v, x, 0.0, 0.25, space, score_fixed=True))   # t = 0: prior only
 
 
-class OverflowingFlow:
+class OverflowingFlow(Velocity):
     """b = x exp(60 x_0): its Jacobian overflows float32 where x_0 > about 1.5."""
 
     def __call__(self, x, t, d, **kw):
@@ -72,7 +72,7 @@ class OverflowingFlow:
 def test_a_step_whose_jacobian_overflows_is_counted_as_invalid_not_an_error():
     space = Space((3,))
     x0 = torch.tensor([[0.1, 0.2, -0.3], [2.0, 0.1, 0.1], [-1.0, 0.5, 0.5]], dtype=torch.float32)
-    _, _, bad, lip, mono = integrate(OverflowingFlow(), Prior(space, 1.0), x0, 1, "exact", schedule=None)
+    _, _, bad, lip, mono = integrate(OverflowingFlow(), Prior(space, 1.0), x0, 1, "exact")
     assert bad.tolist() == [False, True, False]
     assert math.isinf(lip[1].item()) and math.isfinite(lip[0].item()) and mono[1].item() == -math.inf
 

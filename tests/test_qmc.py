@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy import stats
 
-from molsample.flow import HarmonicPrior, Prior, Space, sobol_normal
+from molsample.flow import HarmonicPrior, Prior, Space, Velocity, sobol_normal
 from molsample.sde import simulate_path
 from molsample.sampler import sample
 from molsample.targets import GaussianMixture
@@ -43,7 +43,7 @@ def test_sobol_prior_draws_follow_the_prior(case):
     assert abs(prior.log_prob(x).mean() - prior.log_prob(ref).mean()) < 0.02
 
 
-class LinearFlow:
+class LinearFlow(Velocity):
     """b = A x: the K-step map is linear, x_K = L x_0, and every weight is a smooth Gaussian ratio."""
 
     def __init__(self, dim):

@@ -162,8 +162,8 @@ def particle_metrics(sample: Ensemble, ref: Ensemble, target, use_weights: bool,
            "pair_distance_w2": wasserstein_1d(dr, ds, wrp, wsp, 2),
            "equivariant_w2": equivariant_w2(ref.x, sample.x, wr, ws, n=n_eq),
            "equivariant_w2_n": n_eq}
-    if getattr(target, "convention", None) == "pairs-once":
-        from ..targets.particles import LennardJones
+    from ..targets.particles import LennardJones
+    if isinstance(target, LennardJones) and target.convention == "pairs-once":
         dem = LennardJones(target.n_particles, epsilon=target.epsilon, r_m=target.r_m, tether=target.tether,
                            tau=target.tau, convention="dem")
         us, ur = reduced_energies(dem, sample.x), reduced_energies(dem, ref.x)
@@ -221,7 +221,7 @@ def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
                 m["dF_minus_reference_kT"] = {"value": diff, "combined_stderr": comb,
                                               "z": diff / comb if comb > 0 else math.nan}
         if sample.x is not None and ref.x is not None and target.n_particles and not peptide and \
-                getattr(target, "topology", None) is None:
+                not target.molecular:
             m.update(particle_metrics(sample, ref, target, use_w))
             m["energy_w2_squared_kT2"] = m["energy_w2_kT"] ** 2           # as DEM-family papers print it
         metrics[name] = m

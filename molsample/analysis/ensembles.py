@@ -40,7 +40,7 @@ class Ensemble:
         if x.shape[1:] != tuple(target.event_shape):
             raise ValueError(f"positions of shape {x.shape[1:]}, but {target.name} has {tuple(target.event_shape)}")
         return _finish(cls(label, "sampler" if log_w is not None else "samples", x, reduced_energies(target, x),
-                           log_w=log_w), target, getattr(target, "topology", None))
+                           log_w=log_w), target, target.topology)
 
 
 def chirality_signs(x: np.ndarray, topology) -> np.ndarray:
@@ -84,7 +84,7 @@ def load_ensemble(paths: list[str | Path], target, label: str | None = None) -> 
     """Read a samples file (`molsample sample` .npz), an umbrella reference (.npz) or MD
     trajectories (one or more replica files) for ``target``."""
     paths = [Path(p) for p in paths]
-    topology = getattr(target, "topology", None)
+    topology = target.topology
     label = label or paths[0].stem
     first = paths[0]
     if first.suffix == ".npz":
@@ -125,7 +125,7 @@ def reduced_energies(target, x) -> np.ndarray:
 
 def _finish(ens: Ensemble, target, topology) -> Ensemble:
     if topology is not None and topology.n_residues > 1:
-        if getattr(target, "mirror_symmetric", False):
+        if target.mirror_symmetric:
             ens.x, ens.log_w, ens.folded_fraction, removed = fold_to_l(ens.x, topology, ens.log_w)
             ens.external["removed_mixed_chirality"] = removed
         ens.phi, ens.psi = _dihedrals(ens.x, topology)

@@ -211,7 +211,7 @@ def build_sampler(cfg: ICExperimentConfig, generator: torch.Generator | None = N
     """The sampler of a config: the base fitted to the config's frames (or restored), the map at the identity."""
     from ..targets import load_target
     cart = load_target(cfg.target)
-    if getattr(cart, "topology", None) is None:
+    if not cart.molecular:
         raise ValueError(f"system {cfg.target!r} has no bond graph; the internal-coordinate route is for molecules "
                          "(use the Cartesian route for particle systems)")
     ic = InternalCoordinates(cart.topology)

@@ -45,6 +45,29 @@ class Target(ABC):
     #: False for molecules, whose atoms carry force-field types.
     identical_particles: bool = False
 
+    # -- the optional molecular protocol: every target answers it, with these defaults where it has no part
+    #: The molecule's mdtraj topology (atoms, residues, the bond graph), or None (particles, vectors).
+    topology = None
+    #: A reference structure (N, 3) in nm to start MD from (a PDB's positions), or None.
+    positions = None
+    #: The force-field files the system was built from (provenance), () when there are none.
+    forcefield: tuple[str, ...] = ()
+    #: kT in kJ/mol for force-field targets (energies printed in kJ/mol too), None in reduced units.
+    kt: float | None = None
+    #: True when :meth:`openmm_system` gives the same energy as an OpenMM System (md, umbrella, pt run on it).
+    has_openmm: bool = False
+    #: True when mirror images have equal energy (every torsion phase 0 or pi), so a data route may reflect frames.
+    mirror_symmetric: bool = False
+
+    @property
+    def molecular(self) -> bool:
+        """True for a molecule with a bond graph (an OpenMM force field): internal coordinates, trajectories."""
+        return self.topology is not None
+
+    def openmm_system(self, *args, **kwargs):
+        """(openmm.System, kT in kJ/mol) with E_openmm / kT equal to :meth:`energy` (``has_openmm`` targets)."""
+        raise NotImplementedError(f"{self.name}: has no OpenMM form (it is evaluated in torch only)")
+
     @property
     def n_particles(self) -> int | None:
         """Number of particles, or None for a vector target."""

@@ -85,6 +85,7 @@ class OpenMMTarget(Target):
     """
 
     com_free = True
+    has_openmm = True
 
     def __init__(self, name, topology, positions, system, temperature: float, forcefield=()):
         import mdtraj

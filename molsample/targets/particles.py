@@ -51,6 +51,15 @@ class LennardJones(Target):
 
     com_free = True
     identical_particles = True
+    has_openmm = True
+
+    @property
+    def positions(self):
+        """A start for MD: the Mackay icosahedron of LJ13 / LJ55 at the pair minimum's spacing (None otherwise)."""
+        from .structures import mackay_icosahedron
+        if self.n_particles not in (13, 55):
+            return None
+        return mackay_icosahedron(1 if self.n_particles == 13 else 2, spacing=self.r_m)
 
     def __init__(self, n_particles: int = 13, epsilon: float = 1.0, r_m: float = 1.0,
                  tether: float = 0.5, tau: float = 1.0, convention: str = "pairs-once",
