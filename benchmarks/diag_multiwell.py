@@ -70,7 +70,7 @@ def main() -> None:
     velocity = exp.velocity()
     runs = {}
     for k in sorted(set(args.steps) | {n_base}):
-        x, log_q, _, _, _ = integrate(velocity, exp.prior, x0, k, "exact", gen, exp.schedule)
+        x, log_q, *_ = integrate(velocity, exp.prior, x0, k, "exact", gen)
         log_p = -target.energy(x).detach()
         runs[k] = (x, log_q.detach(), log_p)
     xr, qr, pr = runs[n_base]

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .flow import pf_step
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "systems" / "aldp" / "models" / "aldp-ic.pt"      # internal coordinates
@@ -39,13 +38,13 @@ class QuickstartResult:
 
 def draw_one_step(exp, n: int, generator: torch.Generator, batch: int = 128):
     """n prior samples x0 and their one-step images x = Phi(x0; 0, 1), (n, N, 3) each."""
+    from .sampler import integrate
     velocity = exp.velocity()
     x0s, xs = [], []
-    with torch.no_grad():
-        for start in range(0, n, batch):
-            x0 = exp.prior.sample(min(batch, n - start), generator, dtype=exp.dtype).to(exp.device)
-            xs.append(pf_step(velocity, x0, 0.0, 1.0))
-            x0s.append(x0)
+    for start in range(0, n, batch):
+        x0 = exp.prior.sample(min(batch, n - start), generator, dtype=exp.dtype).to(exp.device)
+        xs.append(integrate(velocity, exp.prior, x0, 1, None).x)
+        x0s.append(x0)
     return torch.cat(x0s), torch.cat(xs)
 
 

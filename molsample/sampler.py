@@ -9,6 +9,7 @@ import math
 import numbers
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -123,22 +124,50 @@ class Samples:
     info: dict = field(default_factory=dict)
 
 
+class Integration(NamedTuple):
+    """What :func:`integrate` returns: the end states, log q of the end states (zeros without ``method``),
+    per sample whether some step had det <= 0 or a non-finite Jacobian, the largest measured bijectivity
+    ratio over the steps, the smallest eigenvalue of the symmetric part of a step Jacobian over the steps
+    (inf / -inf after a non-finite Jacobian), and the states saved on the way (``save``; else None)."""
+    x: torch.Tensor
+    log_q: torch.Tensor
+    bad: torch.Tensor
+    lipschitz: torch.Tensor
+    monotone: torch.Tensor
+    saved: torch.Tensor | None = None
+
+
 def integrate(velocity: Velocity, prior: Prior, x0: torch.Tensor, steps: int | Sequence[float], method: str = "exact",
-              generator: torch.Generator | None = None, **kw):
-    """Run K = steps deterministic steps from x0; return (x_K, log q, bad_det, lipschitz, monotone),
-    the last three per sample: some step had det <= 0 or a non-finite Jacobian; largest measured
-    bijectivity ratio over the steps; smallest eigenvalue of the symmetric part of a step Jacobian
-    over the steps (inf / -inf after a non-finite Jacobian).
+              generator: torch.Generator | None = None, save: torch.Tensor | None = None, **kw) -> Integration:
+    """Run K = steps deterministic steps from x0 (the sampler's loop, used by sampling, training and
+    the quickstart).
 
     ``steps``: K equal steps or a list of step sizes summing to 1 (:func:`step_grid`).
-    ``method`` as in :func:`molsample.jacobian.step_log_volume`; ``None`` skips log q.
+    ``method`` as in :func:`molsample.jacobian.step_log_volume`; ``None`` skips log q and the
+    bijectivity measures. ``save`` (as diffrax's ``SaveAt``): a (B,) integer tensor, per sample the
+    number of steps k in 0 .. K after which its state is kept in ``saved`` (0: x0 itself). Without
+    ``method`` the loop then stops once every sample's state is saved, and steps only the samples that
+    still need it.
     """
+    grid = step_grid(steps)
     x = x0
-    log_q = prior.log_prob(x0) if method else torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
-    bad = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
-    lip = torch.full((x0.shape[0],), float("nan"), dtype=x0.dtype, device=x0.device)
-    mono = torch.full((x0.shape[0],), float("nan"), dtype=x0.dtype, device=x0.device)
-    for t, d in step_grid(steps):
+    n = x0.shape[0]
+    log_q = prior.log_prob(x0) if method else torch.zeros(n, dtype=x0.dtype, device=x0.device)
+    bad = torch.zeros(n, dtype=torch.bool, device=x0.device)
+    lip = torch.full((n,), float("nan"), dtype=x0.dtype, device=x0.device)
+    mono = torch.full((n,), float("nan"), dtype=x0.dtype, device=x0.device)
+    saved = None
+    if save is not None:
+        save = torch.as_tensor(save, device=x0.device).long()
+        if save.shape != (n,) or (n and (int(save.min()) < 0 or int(save.max()) > len(grid))):
+            raise ValueError(f"save: one step count in 0 .. {len(grid)} per sample, got shape {tuple(save.shape)}")
+        saved = x0.detach().clone()
+    rows = None
+    for k, (t, d) in enumerate(grid):
+        if method is None and save is not None:           # only the samples not saved yet move on
+            rows = (save > k).nonzero().squeeze(1)
+            if len(rows) == 0:
+                break
         if method:
             vol = step_log_volume(velocity, x, t, d, prior.space, method, generator=generator, **kw)
             log_q = log_q - vol.log_det.detach()
@@ -148,8 +177,15 @@ def integrate(velocity: Velocity, prior: Prior, x0: torch.Tensor, steps: int | S
                 r, m = vol.bijectivity(lambda j: velocity.bijectivity_ratio(j, tt, dd))
                 lip, mono = torch.fmax(lip, r), torch.fmin(mono, m)
         with torch.no_grad():
-            x = pf_step(velocity, x, t, d, **kw)
-    return x.detach(), log_q, bad, lip, mono
+            if rows is None:
+                x = pf_step(velocity, x, t, d, **kw)
+            else:
+                x = x.clone()
+                x[rows] = pf_step(velocity, x[rows], t, d, **kw)
+        if saved is not None:
+            hit = save == k + 1
+            saved[hit] = x[hit].detach()
+    return Integration(x.detach(), log_q, bad, lip, mono, saved)
 
 
 def sample(velocity: Velocity, prior: Prior, target, n: int, steps: int | Sequence[float], method: str = "exact",
@@ -174,7 +210,7 @@ def sample(velocity: Velocity, prior: Prior, target, n: int, steps: int | Sequen
             x0 = prior.sample(m, generator, dtype=dtype).to(device)
         else:
             x0 = all_x0[start:start + m].to(device)
-        x, log_q, b, r, mn = integrate(velocity, prior, x0, steps, method, generator)
+        x, log_q, b, r, mn, _ = integrate(velocity, prior, x0, steps, method, generator)
         with torch.no_grad():
             log_prob = -target.energy(x)
         xs.append(x), lq.append(log_q.detach()), lp.append(log_prob), bad.append(b), lip.append(r)

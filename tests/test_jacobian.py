@@ -72,7 +72,7 @@ class OverflowingFlow(Velocity):
 def test_a_step_whose_jacobian_overflows_is_counted_as_invalid_not_an_error():
     space = Space((3,))
     x0 = torch.tensor([[0.1, 0.2, -0.3], [2.0, 0.1, 0.1], [-1.0, 0.5, 0.5]], dtype=torch.float32)
-    _, _, bad, lip, mono = integrate(OverflowingFlow(), Prior(space, 1.0), x0, 1, "exact")
+    _, _, bad, lip, mono, _ = integrate(OverflowingFlow(), Prior(space, 1.0), x0, 1, "exact")
     assert bad.tolist() == [False, True, False]
     assert math.isinf(lip[1].item()) and math.isfinite(lip[0].item()) and mono[1].item() == -math.inf
 

@@ -18,7 +18,7 @@ def test_k_step_log_q_matches_closed_form_for_a_linear_drift(steps):
     prior = Prior(space, s0)
     v = RandomLinearFlow(dim)
     x0 = prior.sample(200, torch.Generator().manual_seed(7))
-    x, log_q, bad, _, _ = integrate(v, prior, x0, steps, "exact")
+    x, log_q, bad, *_ = integrate(v, prior, x0, steps, "exact")
     sizes = [1.0 / steps] * steps if isinstance(steps, int) else steps
     lmat, t = torch.eye(dim, dtype=torch.float64), 0.0
     for d in sizes:
@@ -58,7 +58,28 @@ def test_inverting_the_k_step_map_recovers_log_q():
     prior = Prior(space, SCHED.s0)
     x0 = prior.sample(16, torch.Generator().manual_seed(8))
     for steps in (1, 4, [0.5, 0.25, 0.25]):
-        y, log_q, bad, lip, _ = integrate(v, prior, x0, steps, "exact")
+        y, log_q, bad, lip, *_ = integrate(v, prior, x0, steps, "exact")
         assert not bad.any() and float(lip.max()) < 1.0
         log_q_inv, res = log_q_of(v, prior, y, steps, tol=1e-13, max_iter=2000)
         assert res.max() < 1e-12 and (log_q_inv - log_q).abs().max() < 1e-6
+
+
+def test_integrate_saves_each_sample_after_its_own_number_of_steps():
+    from molsample.flow import pf_step
+    target = GaussianMixture(n_modes=3, dim=3, box=1.0, std=1.0)
+    space = Space(target.event_shape)
+    v = small_drift(space, target, std=0.1)
+    prior = Prior(space, SCHED.s0)
+    x0 = prior.sample(10, torch.Generator().manual_seed(2))
+    save = torch.tensor([0, 1, 2, 3, 4, 4, 3, 2, 1, 0])
+    for method in ("exact", None):                     # with log q: all steps; without: stops at the last save
+        res = integrate(v, prior, x0, 4, method, save=save)
+        for i, k in enumerate(save.tolist()):
+            x = x0[i:i + 1]
+            for j in range(k):
+                x = pf_step(v, x, j / 4, 1 / 4)
+            assert torch.allclose(res.saved[i], x[0], atol=1e-12)
+        if method:
+            assert torch.allclose(res.x, integrate(v, prior, x0, 4, method).x, atol=1e-12)
+    with pytest.raises(ValueError, match="one step count"):
+        integrate(v, prior, x0, 4, None, save=torch.full((10,), 5))

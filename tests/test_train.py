@@ -179,7 +179,7 @@ def test_one_step_reverse_kl_on_the_energy_route_uses_the_sampler_weights():
     x0 = exp.prior.sample(16, g, dtype=torch.float64)
     velocity = exp.velocity(exp.model)
     loss, log_w, step = losses.one_step_reverse_kl(velocity, exp.prior, exp.target, x0, cap=1e30)
-    x, log_q, bad, _, mono = integrate(velocity, exp.prior, x0, 1, "exact")
+    x, log_q, bad, _, mono, _ = integrate(velocity, exp.prior, x0, 1, "exact")
     u = exp.target.energy(x)
     assert int(bad.sum()) == 0
     assert torch.allclose(monotonicity(step.detach()), mono, rtol=1e-9, atol=1e-10)   # the hinge's Jacobian
