@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from molsample.estimate import ess, log_z
-from molsample.flow import sobol_normal
+from molsample.flow import SobolDraws, sobol_normal
 from molsample.sde import simulate_path
 from molsample.sampler import describe_steps, off_training_grid, parse_steps, sample, step_grid, steps_label
 from molsample.train import load_checkpoint
@@ -90,9 +90,8 @@ def main() -> None:
             errs, ses, esss, n_bad, secs = [], [], [], 0, []
             for r in range(args.repeats):
                 gen = torch.Generator().manual_seed(args.seed_offset + r)
-                s = sample(exp.velocity(), exp.prior, target, n, k, "exact", gen, batch_size=args.batch,
-                           dtype=exp.dtype,
-                           qmc_seed=args.seed_offset + r if sobol else None)
+                s = sample(exp.velocity(), exp.prior, target, n, k, "exact",
+                           SobolDraws(args.seed_offset + r) if sobol else gen, batch_size=args.batch, dtype=exp.dtype)
                 lw = s.log_w.double().numpy()
                 lz = log_z(lw, rng=np.random.default_rng(r))
                 errs.append(lz.value - target.log_z), ses.append(lz.stderr)

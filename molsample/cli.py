@@ -247,6 +247,7 @@ def _sample_cartesian(args, out: Path, device, group) -> int:
     import torch
 
     from .distributed import draw_in_blocks
+    from .flow import SobolDraws
     from .sampler import concat_samples, describe_steps, off_training_grid, sample
     from .train import load_checkpoint
     exp, ckpt = load_checkpoint(args.checkpoint, device)
@@ -260,15 +261,14 @@ def _sample_cartesian(args, out: Path, device, group) -> int:
               + ", ".join(f"({t:.6g}, {d:.6g})" for t, d in off[:4]) + (", ..." if len(off) > 4 else "")
               + "; the map there is an extrapolation (its weights stay exact where it is a bijection)",
               file=sys.stderr)
-    def draw(m, gen, qmc_seed=None):
-        s = sample(exp.velocity(), exp.prior, exp.target, m, args.steps, args.weights, gen,
-                   batch_size=args.batch_size, dtype=exp.dtype, device=exp.device,
-                   qmc_seed=qmc_seed)
+    def draw(m, draws):
+        s = sample(exp.velocity(), exp.prior, exp.target, m, args.steps, args.weights, draws,
+                   batch_size=args.batch_size, dtype=exp.dtype, device=exp.device)
         return dataclasses.replace(s, x=s.x.cpu(), log_q=s.log_q.cpu(), log_w=s.log_w.cpu(), log_prob=s.log_prob.cpu())
 
     t0 = time.perf_counter()
     if args.qmc:
-        s = draw(args.n, None, qmc_seed=args.seed)
+        s = draw(args.n, SobolDraws(args.seed))
     else:                       # blocks of draws with their own seeds: the same samples on any number of ranks
         parts = draw_in_blocks(args.n, args.seed, draw, group)
         if parts is None:

@@ -152,6 +152,37 @@ class Prior:
         return self.s0, self.s0
 
 
+class IndependentDraws:
+    """Prior points drawn independently from ``generator`` (None: torch's default), batch by batch."""
+    kind = "independent"
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def take(self, prior: Prior, start: int, m: int, n: int, dtype) -> torch.Tensor:
+        """Points start .. start + m of the n a run draws."""
+        return prior.sample(m, self.generator, dtype=dtype)
+
+
+class SobolDraws:
+    """Prior points from one scrambled Sobol' sequence of the run's n points (randomised quasi-Monte
+    Carlo, :func:`sobol_normal`, seeded by ``seed``): still one exact weight per point and an unbiased
+    mean weight, with a lower variance where the weight is a smooth function of the prior point. Take
+    n a power of two."""
+    kind = "sobol"
+
+    def __init__(self, seed: int):
+        self.seed, self._points = seed, None
+
+    def take(self, prior: Prior, start: int, m: int, n: int, dtype) -> torch.Tensor:
+        if self._points is None or len(self._points) != n:
+            self._points = prior.sample_qmc(n, self.seed, dtype=dtype)
+        return self._points[start:start + m]
+
+
+PriorDraws = IndependentDraws | SobolDraws
+
+
 class HarmonicPrior(Prior):
     """p0(x) proportional to exp(-0.5 x^T (L / b^2 + I / s0^2) x) on the zero-centroid subspace,
     with L the Laplacian of the molecule's bond graph (a "harmonic prior": bonded atoms start about

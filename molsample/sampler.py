@@ -16,7 +16,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from .flow import Prior, Velocity, _bt, as_times, pf_step
+from .flow import IndependentDraws, Prior, PriorDraws, SobolDraws, Velocity, _bt, as_times, pf_step
 from .jacobian import step_log_volume
 
 
@@ -189,27 +189,24 @@ def integrate(velocity: Velocity, prior: Prior, x0: torch.Tensor, steps: int | S
 
 
 def sample(velocity: Velocity, prior: Prior, target, n: int, steps: int | Sequence[float], method: str = "exact",
-           generator: torch.Generator | None = None, batch_size: int = 1024, dtype=torch.float32,
-           device="cpu", qmc_seed: int | None = None) -> Samples:
+           draws: PriorDraws | torch.Generator | None = None, batch_size: int = 1024, dtype=torch.float32,
+           device="cpu") -> Samples:
     """Draw n samples with a K-step deterministic map and their DF importance weights.
 
     ``steps``: K equal steps, or a list of step sizes summing to 1 (:func:`step_grid`).
-
-    With ``qmc_seed`` the prior points are a scrambled Sobol' sequence with that seed
-    (randomised quasi-Monte Carlo, :meth:`molsample.flow.Prior.sample_qmc`) instead of independent
-    draws from ``generator``: still one exact weight per point and an unbiased mean weight, with a
-    lower variance where the weight is a smooth function of the prior point. A deterministic map
-    is what makes this possible; take n a power of two.
+    ``draws``: where the prior points come from, :class:`~molsample.flow.IndependentDraws` or
+    :class:`~molsample.flow.SobolDraws` (a deterministic map is what makes quasi-Monte Carlo inputs
+    possible); a torch.Generator means independent draws from it. The estimators of ``method``
+    that need random probes take them from the independent draws' generator.
     """
     t0 = time.perf_counter()
+    if not isinstance(draws, (IndependentDraws, SobolDraws)):
+        draws = IndependentDraws(draws)
+    generator = draws.generator if isinstance(draws, IndependentDraws) else None
     xs, lq, lp, bad, lip, mono = [], [], [], [], [], []
-    all_x0 = prior.sample_qmc(n, qmc_seed, dtype=dtype) if qmc_seed is not None else None
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
-        if all_x0 is None:
-            x0 = prior.sample(m, generator, dtype=dtype).to(device)
-        else:
-            x0 = all_x0[start:start + m].to(device)
+        x0 = draws.take(prior, start, m, n, dtype).to(device)
         x, log_q, b, r, mn, _ = integrate(velocity, prior, x0, steps, method, generator)
         with torch.no_grad():
             log_prob = -target.energy(x)
@@ -225,7 +222,7 @@ def sample(velocity: Velocity, prior: Prior, target, n: int, steps: int | Sequen
                    seconds=time.perf_counter() - t0,
                    info={"fraction_lipschitz_below_1": _share(lip_all < 1, lip_all),
                          "fraction_monotone": _share(mono_all > 0, mono_all),
-                         "prior_draws": "sobol" if qmc_seed is not None else "independent"})
+                         "prior_draws": draws.kind})
 
 
 def concat_samples(parts: Sequence[Samples]) -> Samples:

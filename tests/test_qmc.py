@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy import stats
 
-from molsample.flow import HarmonicPrior, Prior, Space, Velocity, sobol_normal
+from molsample.flow import HarmonicPrior, Prior, SobolDraws, Space, Velocity, sobol_normal
 from molsample.sde import simulate_path
 from molsample.sampler import sample
 from molsample.targets import GaussianMixture
@@ -64,7 +64,7 @@ def test_sobol_draws_keep_the_weights_unbiased_and_cut_their_variance():
     for r in range(24):
         kw = dict(dtype=torch.float64, batch_size=512)
         mc = sample(flow, prior, target, 1024, 2, "exact", torch.Generator().manual_seed(r), **kw)
-        qmc = sample(flow, prior, target, 1024, 2, "exact", None, qmc_seed=r, **kw)
+        qmc = sample(flow, prior, target, 1024, 2, "exact", SobolDraws(r), **kw)
         assert qmc.info["prior_draws"] == "sobol" and mc.info["prior_draws"] == "independent"
         assert qmc.n_nonpositive_det == 0
         z_mc.append(mc.log_w.exp().mean().item()), z_qmc.append(qmc.log_w.exp().mean().item())
