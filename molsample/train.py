@@ -91,7 +91,9 @@ def export_model(checkpoint: str | Path, out: str | Path) -> Path:
 
 
 class Trainer:
-    """The energy route (and the base of :class:`DataTrainer`). Under several processes (``group``,
+    """The training loop of both routes (:class:`EnergyRoute`, :class:`DataRoute`: what a batch is and
+    its base loss; the distillation losses, the one-step KL, clipping, the EMA teacher, checkpoints
+    and resume are the same for both). Under several processes (``group``,
     see molsample.distributed) each rank trains on ``train.batch / world`` rows of the global batch
     drawn from its own generator, gradients are averaged over the ranks before clipping, and rank 0
     alone evaluates, logs and writes checkpoints."""
@@ -107,6 +109,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(stream_seed(exp.config.seed, group.rank))
         self.state = TrainState()
         check_output_dir(self.out, "--out")
+        self.route = DataRoute(exp, group) if exp.route == "data" else EnergyRoute()
         if cfg.init_checkpoint:                   # a later stage starts from an earlier run's EMA weights
             from .data import resolve_path
             path = resolve_path(cfg.init_checkpoint)
@@ -171,34 +174,35 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ one iteration
-    def losses(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(base loss, distillation terms, logs) of one iteration; the optimiser minimises their sum."""
-        exp, cfg, gen = self.exp, self.cfg, self.gen
-        model = exp.model
-        path = sde.simulate_path(model, exp.schedule, exp.prior, exp.target, cfg.batch, cfg.n_base, gen,
-                                    exp.dtype, exp.device, differentiable=cfg.diffusion_loss == "kl",
-                                    score_fixed=cfg.detach_score, noise_scale=cfg.explore_noise)
-        if cfg.diffusion_loss == "kl":
-            l_diff = losses.kl_loss(path)
-        else:
-            l_diff = losses.log_variance_loss(model, exp.schedule, exp.prior, exp.target, path, cfg.detach_score)
-        logs = {"diff": l_diff.item()}
-        if cfg.explore_noise == 1.0:        # on-policy paths: their log w give the ELBO and the path ESS
-            logs.update(elbo=path.log_w.mean().item(),
-                        path_ess=float(ess_estimate(path.log_w.detach().cpu().numpy(), n_boot=0).value))
-        rest = torch.zeros((), dtype=exp.dtype, device=exp.device)
+    def draw(self, n: int, gen: torch.Generator) -> dict:
+        """The random part of an iteration's batch of n rows (the route's draws, then the big steps and
+        the states the distillation losses start from)."""
+        cfg, exp = self.cfg, self.exp
+        batch = self.route.draw(self, n, gen)
         if (cfg.sd_weight > 0 or cfg.vol_weight > 0) and self.state.iteration >= cfg.sd_start:
-            m = cfg.sd_batch
+            m = self.route.distillation_rows(cfg, n)
             t, d, index = losses.sample_big_steps(m, cfg.n_base, gen)
             t, d = t.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
-            if cfg.sd_states == "flow":
-                x = self.flow_states(t, d)
-            else:
-                x = path.states[index, torch.arange(m) % cfg.batch]
-            rest = rest + self.consistency_losses(x, t, d, model, logs)
+            x = self.flow_states(t, d) if cfg.sd_states == "flow" else self.route.path_states(batch, t, index)
+            batch.update(sd_t=t, sd_d=d, sd_x=x)
+        return batch
+
+    def batch_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(base loss, distillation terms, logs) of a drawn batch (means over its rows); the optimiser
+        minimises their sum."""
+        exp = self.exp
+        base, logs = self.route.base_loss(self, batch)
+        rest = torch.zeros((), dtype=exp.dtype, device=exp.device)
+        if "sd_x" in batch:
+            rest = rest + self.consistency_losses(batch["sd_x"], batch["sd_t"], batch["sd_d"], exp.model, logs)
         rest = rest + self.one_step_kl(logs)
-        logs["loss"] = (l_diff + rest).item()
-        return l_diff, rest, logs
+        scale = self.route.scale
+        logs["loss"] = (scale * (base + rest)).item()
+        return scale * base, scale * rest, logs
+
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(base loss, distillation terms, logs) of one iteration on this rank's share of the batch."""
+        return self.batch_losses(self.draw(self.cfg.batch, self.gen))
 
     def consistency_losses(self, x, t, d, model, logs) -> torch.Tensor:
         """Self-consistency, volume consistency, Jacobian penalty and bijectivity hinge from states x
@@ -436,14 +440,49 @@ class Trainer:
         bar.update(1)
 
 
-class DataTrainer(Trainer):
-    """The data-assisted route (METHOD, "What molsample adds"): the base flow is learned by flow
-    matching on reference frames (linear interpolant from the prior, optional minibatch OT
-    coupling), at the base step size 1/N_base; larger steps are self-distilled from it with the
-    same self-consistency, volume and Jacobian losses as the data-free route."""
+class EnergyRoute:
+    """The data-free route (docs/method.md): a batch is a path of the SDE sampler from the prior,
+    simulated with the network; its base loss is the diffusion loss (discrete reverse KL or log-variance)."""
+    scale = 1.0
 
-    def __init__(self, exp: Experiment, out_dir: Path, progress: bool = True, group: Group = SINGLE):
-        super().__init__(exp, out_dir, progress, group)
+    def draw(self, trainer: Trainer, n: int, gen: torch.Generator) -> dict:
+        exp, cfg = trainer.exp, trainer.cfg
+        path = sde.simulate_path(exp.model, exp.schedule, exp.prior, exp.target, n, cfg.n_base, gen,
+                                 exp.dtype, exp.device, differentiable=cfg.diffusion_loss == "kl",
+                                 score_fixed=cfg.detach_score, noise_scale=cfg.explore_noise)
+        return {"path": path}
+
+    def distillation_rows(self, cfg, n: int) -> int:
+        """train.sd_batch rows of big steps (from the path's rows in turn)."""
+        return cfg.sd_batch
+
+    def path_states(self, batch: dict, t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The path's states at the big steps' start times (rows taken in turn)."""
+        states = batch["path"].states
+        return states[index, torch.arange(len(t)) % states.shape[1]]
+
+    def base_loss(self, trainer: Trainer, batch: dict) -> tuple[torch.Tensor, dict]:
+        exp, cfg, path = trainer.exp, trainer.cfg, batch["path"]
+        if cfg.diffusion_loss == "kl":
+            l_diff = losses.kl_loss(path)
+        else:
+            l_diff = losses.log_variance_loss(exp.model, exp.schedule, exp.prior, exp.target, path, cfg.detach_score)
+        logs = {"diff": l_diff.item()}
+        if cfg.explore_noise == 1.0:        # on-policy paths: their log w give the ELBO and the path ESS
+            logs.update(elbo=path.log_w.mean().item(),
+                        path_ess=float(ess_estimate(path.log_w.detach().cpu().numpy(), n_boot=0).value))
+        return l_diff, logs
+
+
+class DataRoute:
+    """The data-assisted route (docs/method.md, "What molsample adds"): the base flow is learned by flow
+    matching on reference frames (linear interpolant from the prior, optional minibatch OT coupling)
+    at the base step size 1/N_base; larger steps are self-distilled from it with the same losses as
+    the data-free route. Under several processes each rank holds a shard of the frames (every
+    world-th one, from its rank on) and ``scale`` (world x its shard's share of the frame weight)
+    makes the mean of the ranks' losses that of all frames."""
+
+    def __init__(self, exp: Experiment, group: Group = SINGLE):
         from .data import FrameSampler, load_frames
         dc = exp.config.data
         if dc.align != "none" and exp.target.n_particles is None:
@@ -453,24 +492,19 @@ class DataTrainer(Trainer):
             raise ValueError(f"data.align: 'rotation-permutation' relabels identical particles; the atoms of "
                              f"{exp.target.name!r} are not interchangeable (use 'rotation')")
         x, lw = load_frames(dc.path, exp.target)
-        self.shard_factor = 1.0
-        if self.group.parallel:                  # this rank's frames: every world-th one, from its rank on
-            keep = np.arange(self.group.rank, len(x), self.group.world)
+        self.scale = 1.0
+        if group.parallel:
+            keep = np.arange(group.rank, len(x), group.world)
             if len(keep) == 0:
-                raise InputError(f"data.path {dc.path}: {len(x)} frames cannot be shared by {self.group.world} "
-                                 "processes")
+                raise InputError(f"data.path {dc.path}: {len(x)} frames cannot be shared by {group.world} processes")
             lp = dc.weight_power * np.asarray(lw, dtype=np.float64)
-            # frames are drawn with probability w^power within the shard: scaling the rank's loss by
-            # world x (its shard's share of the total weight) makes the mean over ranks that of all frames
-            self.shard_factor = float(self.group.world * np.exp(np.logaddexp.reduce(lp[keep])
-                                                                - np.logaddexp.reduce(lp)))
+            self.scale = float(group.world * np.exp(np.logaddexp.reduce(lp[keep]) - np.logaddexp.reduce(lp)))
             x, lw = x[keep], np.asarray(lw)[keep]
         self.frames = FrameSampler(x, lw, exp.space, dc.weight_power, dc.mirror, exp.dtype, exp.device)
 
-    def draw(self, n: int, gen: torch.Generator) -> dict:
-        """The random part of one iteration's batch of n rows (frames, prior draws, times, big steps;
-        OT coupling and alignment are applied here, within these n rows)."""
-        exp, cfg, dc = self.exp, self.cfg, self.exp.config.data
+    def draw(self, trainer: Trainer, n: int, gen: torch.Generator) -> dict:
+        """Frames, prior draws (OT-coupled and aligned within these n rows) and interpolation times."""
+        exp, dc = trainer.exp, trainer.exp.config.data
         x1 = self.frames.sample(n, gen)
         x0 = exp.prior.sample(n, gen, dtype=exp.dtype).to(exp.device)
         if dc.ot_coupling:
@@ -478,37 +512,27 @@ class DataTrainer(Trainer):
         if dc.align != "none":
             x1 = align.align_pairs(x0, x1, permute=dc.align == "rotation-permutation")
         t = torch.rand(n, generator=gen, dtype=torch.float64).to(exp.dtype).to(exp.device)
-        batch = {"x0": x0, "x1": x1, "t": t}
-        if (cfg.sd_weight > 0 or cfg.vol_weight > 0) and self.state.iteration >= cfg.sd_start:
-            m = min(cfg.sd_batch, n)
-            ts, d, _ = losses.sample_big_steps(m, cfg.n_base, gen)
-            ts, d = ts.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
-            xs = self.flow_states(ts, d) if cfg.sd_states == "flow" else losses.interpolate(x0[:m], x1[:m], ts)
-            batch.update(sd_t=ts, sd_d=d, sd_x=xs)
-        return batch
+        return {"x0": x0, "x1": x1, "t": t}
 
-    def batch_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(base loss, distillation terms, logs) of a drawn batch (means over its rows)."""
-        exp, cfg, dc = self.exp, self.cfg, self.exp.config.data
-        x0, x1, t = batch["x0"], batch["x1"], batch["t"]
-        l_fm = losses.flow_matching_loss(exp.velocity(), x0, x1, t, 1.0 / cfg.n_base) / exp.schedule.s0**2
-        base = self.shard_factor * dc.fm_weight * l_fm
-        rest = torch.zeros((), dtype=exp.dtype, device=exp.device)
-        logs = {"fm": l_fm.item()}
-        if "sd_x" in batch:
-            rest = rest + self.consistency_losses(batch["sd_x"], batch["sd_t"], batch["sd_d"], exp.model, logs)
-        rest = self.shard_factor * (rest + self.one_step_kl(logs))
-        logs["loss"] = (base + rest).item()
-        return base, rest, logs
+    def distillation_rows(self, cfg, n: int) -> int:
+        """train.sd_batch rows of big steps, at most the batch's (they start on its first rows)."""
+        return min(cfg.sd_batch, n)
 
-    def losses(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        return self.batch_losses(self.draw(self.cfg.batch, self.gen))
+    def path_states(self, batch: dict, t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Points of the interpolant at the big steps' start times (the batch's first rows)."""
+        m = len(t)
+        return losses.interpolate(batch["x0"][:m], batch["x1"][:m], t)
+
+    def base_loss(self, trainer: Trainer, batch: dict) -> tuple[torch.Tensor, dict]:
+        exp, cfg = trainer.exp, trainer.cfg
+        l_fm = losses.flow_matching_loss(exp.velocity(), batch["x0"], batch["x1"], batch["t"],
+                                         1.0 / cfg.n_base) / exp.schedule.s0**2
+        return exp.config.data.fm_weight * l_fm, {"fm": l_fm.item()}
 
 
 def make_trainer(exp: Experiment, out_dir: str | Path, progress: bool = True, group: Group = SINGLE) -> Trainer:
-    """The trainer of the experiment's route."""
-    cls = DataTrainer if exp.route == "data" else Trainer
-    return cls(exp, Path(out_dir), progress, group)
+    """The trainer of an experiment (its route chosen by the config)."""
+    return Trainer(exp, Path(out_dir), progress, group)
 
 
 def train(config: ExperimentConfig, out_dir: str | Path, device: str = "cpu", resume: bool = False,

@@ -19,7 +19,7 @@ from molsample.build import build
 from molsample.config import ExperimentConfig
 from molsample.distributed import SINGLE, Group, stream_seed
 from molsample.testing import run_ranks
-from molsample.train import CHECKPOINT, DataTrainer, Trainer, load_checkpoint
+from molsample.train import CHECKPOINT, Trainer, load_checkpoint
 
 from conftest import ROOT
 
@@ -77,8 +77,8 @@ def test_stream_seeds_keep_rank_0_and_separate_the_others():
 # ------------------------------------------------------------------ the data route, one step
 def _data_rank(group: Group, out: str):
     cfg = ExperimentConfig.load(TINY_DATA, DATA_SET)
-    trainer = DataTrainer(build(cfg), Path(out) / f"rank{group.rank}", progress=False, group=group)
-    assert trainer.shard_factor == pytest.approx(1.0, abs=1e-12)
+    trainer = Trainer(build(cfg), Path(out) / f"rank{group.rank}", progress=False, group=group)
+    assert trainer.route.scale == pytest.approx(1.0, abs=1e-12)
     trainer.step()
     torch.save({"grad": _grads(trainer.exp.model), "param": _params(trainer.exp.model),
                 "ema": _params(trainer.ema)}, Path(out) / f"rank{group.rank}.pt")
@@ -93,9 +93,9 @@ def test_data_route_step_split_over_two_ranks_is_the_step_on_the_concatenated_ba
     cfg = ExperimentConfig.load(TINY_DATA, DATA_SET)
     parts = []
     for rank in (0, 1):
-        tr = DataTrainer(build(cfg), tmp_path / f"ref{rank}", progress=False, group=_Offline(rank, 2, rank))
+        tr = Trainer(build(cfg), tmp_path / f"ref{rank}", progress=False, group=_Offline(rank, 2, rank))
         parts.append(tr.draw(tr.cfg.batch, torch.Generator().manual_seed(stream_seed(cfg.seed, rank))))
-    ref = DataTrainer(build(cfg), tmp_path / "ref", progress=False)
+    ref = Trainer(build(cfg), tmp_path / "ref", progress=False)
     batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     assert len(batch["x0"]) == cfg.train.batch
     base, rest, logs = ref.batch_losses(batch)
