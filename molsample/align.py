@@ -1,6 +1,7 @@
 """Rigid alignment and optimal-transport coupling of particle configurations (torch): the minibatch
-OT coupling of prior and data frames, Kabsch rotations, and the rotation (and permutation) alignment of
-each data frame to its prior partner used by equivariant flow matching."""
+OT coupling of prior and data frames, Kabsch rotations, the rotation (and permutation) alignment of
+each data frame to its prior partner used by equivariant flow matching, and the aligned squared
+distance (rotations, reflections and relabellings) behind the equivariant W2 of analysis.particles."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,10 +20,13 @@ def ot_coupling(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return x0[perm.to(x0.device)]
 
 
-def kabsch_rotation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def kabsch_rotation(a: torch.Tensor, b: torch.Tensor, reflections: bool = False) -> torch.Tensor:
     """Proper rotations R (B, s, s), det +1, minimising sum_i |a_i - b_i R|^2 for centred point sets
-    a, b : (B, N, s). Reflections are excluded, so a chiral configuration stays chiral."""
+    a, b : (B, N, s). Reflections are excluded, so a chiral configuration stays chiral; with
+    ``reflections`` the best orthogonal map (det +-1) is returned instead."""
     u, _, vt = torch.linalg.svd(b.transpose(1, 2) @ a)
+    if reflections:
+        return u @ vt
     sign = torch.sign(torch.linalg.det(u @ vt))
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
     flip = torch.ones(a.shape[0], a.shape[-1], dtype=a.dtype, device=a.device)
@@ -30,14 +34,17 @@ def kabsch_rotation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (u * flip[:, None, :]) @ vt
 
 
-def _principal_rotations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _principal_rotations(a: torch.Tensor, b: torch.Tensor, reflections: bool = False) -> torch.Tensor:
     """The proper rotations taking b's principal axes onto a's, one per admissible choice of axis
-    signs: (2^(s-1), B, s, s) for point sets a, b : (B, N, s)."""
+    signs: (2^(s-1), B, s, s) for point sets a, b : (B, N, s); with ``reflections`` every choice of
+    signs, (2^s, B, s, s)."""
     _, va = torch.linalg.eigh(a.transpose(1, 2) @ a)
     _, vb = torch.linalg.eigh(b.transpose(1, 2) @ b)
     s = a.shape[-1]
     signs = torch.cartesian_prod(*[torch.tensor([1.0, -1.0], dtype=a.dtype)] * s).reshape(-1, s)
     r = vb[None] @ torch.diag_embed(signs)[:, None] @ va.transpose(1, 2)[None]       # (2^s, B, s, s)
+    if reflections:
+        return r
     proper = torch.linalg.det(r) > 0                                                  # half of them per sample
     first = torch.argsort((~proper).to(torch.int8), dim=0, stable=True)[: 2 ** (s - 1)]
     return torch.gather(r, 0, first[..., None, None].expand(-1, -1, s, s))
@@ -93,3 +100,36 @@ def align_pairs(x0: torch.Tensor, x1: torch.Tensor, permute: bool, n_iter: int =
             r = kabsch_rotation(a, take(b, idx))
         best = take(b, idx) @ r
     return (best + centroid).to(dtype=x1.dtype, device=x1.device)
+
+
+def aligned_sq_distances(a: torch.Tensor, b: torch.Tensor, reflections: bool = True, n_iter: int = 8) -> torch.Tensor:
+    """Per pair k of point sets a[k], b[k] (B, N, s) of identical particles: min over orthogonal maps R
+    (proper rotations only without ``reflections``) and relabellings P of sum_i |a_i - (P b R)_i|^2,
+    centroids removed. From each principal-axes start, alternating Hungarian assignment and Kabsch
+    until the assignment repeats (at most ``n_iter`` rounds); the best over the starts, an upper
+    estimate of the true minimum (exact for transformed copies with distinct principal moments).
+    Returns (B,) float64, on the CPU."""
+    a = a.detach().double().cpu()
+    b = b.detach().double().cpu()
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+
+    def take(z, idx):
+        return torch.gather(z, 1, idx[..., None].expand_as(z))
+
+    best = torch.full((a.shape[0],), float("inf"), dtype=torch.float64)
+    for r in _principal_rotations(a, b, reflections):           # (B, s, s) per start
+        idx, done = None, torch.zeros(a.shape[0], dtype=torch.bool)
+        for _ in range(n_iter):
+            new = _assign(a, b, r)
+            r_new = kabsch_rotation(a, take(b, new), reflections)
+            if idx is not None:
+                done = done | (new == idx).all(1)
+                keep = done[:, None]
+                new = torch.where(keep, idx, new)
+                r_new = torch.where(keep[..., None], r, r_new)
+            idx, r = new, r_new
+            if bool(done.all()):
+                break
+        best = torch.minimum(best, (a - take(b, idx) @ r).pow(2).sum((1, 2)))
+    return best

@@ -4,7 +4,8 @@
   is the squared distance after optimal alignment, min over orthogonal maps R (rotations and
   reflections) and particle permutations P of sum_i |a_i - (P R b)_i|^2 (centroids removed). Both
   minimisations are done by alternating Kabsch (SVD) and Hungarian assignment, started from the
-  2^s sign choices of the principal-axes alignment, so each ground cost is an upper estimate of
+  2^s sign choices of the principal-axes alignment (molsample.align, the torch module the data route's
+  coupling uses too), so each ground cost is an upper estimate of
   the true minimum (exact for transformed copies with distinct principal moments); the outer transport between the
   two n-point sets is solved exactly (linear_sum_assignment).
 - Pair-distance and energy distances are 1D Wasserstein distances (stats.wasserstein_1d).
@@ -12,46 +13,18 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 
+from ..align import aligned_sq_distances
 from .stats import resample_indices
 
 
-def _centre(x: np.ndarray) -> np.ndarray:
-    return x - x.mean(axis=-2, keepdims=True)
-
-
-def orthogonal_align(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The orthogonal R (reflections allowed) minimising |a - b R|^2 for centred (N, s) arrays."""
-    u, _, vt = np.linalg.svd(b.T @ a)
-    return u @ vt
-
-
-def _principal_starts(a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
-    """Orthogonal maps taking b's principal axes onto a's, one per choice of axis signs."""
-    _, va = np.linalg.eigh(a.T @ a)
-    _, vb = np.linalg.eigh(b.T @ b)
-    s = a.shape[1]
-    return [vb @ np.diag(signs) @ va.T for signs in np.array(np.meshgrid(*[[1.0, -1.0]] * s)).reshape(s, -1).T]
-
-
 def aligned_sq_distance(a: np.ndarray, b: np.ndarray, n_iter: int = 8) -> float:
-    """min over orthogonal R and permutations P of sum_i |a_i - (P b R)_i|^2, an upper estimate by
-    alternating Hungarian / Kabsch from the principal-axes starts (see module docs)."""
-    a, b = _centre(np.asarray(a, float)), _centre(np.asarray(b, float))
-    best = np.inf
-    for r in _principal_starts(a, b):
-        perm = None
-        for _ in range(n_iter):
-            br = b @ r
-            cost = ((a[:, None, :] - br[None, :, :]) ** 2).sum(-1)
-            _, perm_new = linear_sum_assignment(cost)
-            r = orthogonal_align(a, b[perm_new])
-            if perm is not None and np.array_equal(perm_new, perm):
-                break
-            perm = perm_new
-        best = min(best, float(((a - b[perm] @ r) ** 2).sum()))
-    return best
+    """min over orthogonal R and permutations P of sum_i |a_i - (P b R)_i|^2 for two (N, s) point sets,
+    an upper estimate (molsample.align.aligned_sq_distances, see module docs)."""
+    t = torch.as_tensor(np.asarray(a, float))[None], torch.as_tensor(np.asarray(b, float))[None]
+    return float(aligned_sq_distances(*t, reflections=True, n_iter=n_iter)[0])
 
 
 def equivariant_w2(x: np.ndarray, y: np.ndarray, wx=None, wy=None, n: int = 200, seed: int = 0) -> float:
@@ -63,6 +36,8 @@ def equivariant_w2(x: np.ndarray, y: np.ndarray, wx=None, wy=None, n: int = 200,
         return z[resample_indices(rng, len(z), n, w, replace_unweighted=False)]
 
     a, b = pick(np.asarray(x, float), wx), pick(np.asarray(y, float), wy)
-    cost = np.array([[aligned_sq_distance(ai, bj) for bj in b] for ai in a])
+    ta, tb = torch.as_tensor(a), torch.as_tensor(b)
+    ia, ib = torch.meshgrid(torch.arange(len(a)), torch.arange(len(b)), indexing="ij")
+    cost = aligned_sq_distances(ta[ia.reshape(-1)], tb[ib.reshape(-1)]).numpy().reshape(len(a), len(b))
     rows, cols = linear_sum_assignment(cost)
     return float(np.sqrt(cost[rows, cols].mean()))
