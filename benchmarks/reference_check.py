@@ -67,8 +67,10 @@ def load_run(path: Path, system: str) -> dict:
 
 
 def _data_cpu_seconds(checkpoint: str) -> float:
-    """CPU time of the frames that started a sampler's base: the `molsample md` runs named in its
-    config's data.paths (their JSON side files; one thread, so wall time is CPU time). NaN if unknown."""
+    """CPU time of the frames that started a sampler's base: the `molsample md` or `molsample umbrella`
+    runs named in its config's data.paths (their JSON side files: an MD run's wall time on one thread, an
+    umbrella run's CPU time of its windows, the frames' cost without the MBAR). NaN if unknown (a packed
+    reference records no CPU time)."""
     cfg = Path(checkpoint).parent / "config.json"
     if not cfg.is_file():
         return math.nan
@@ -77,7 +79,8 @@ def _data_cpu_seconds(checkpoint: str) -> float:
         side = Path(f).with_suffix(".json")
         if not side.is_file():
             return math.nan
-        total += float(json.loads(side.read_text()).get("wall_seconds", math.nan))
+        info = json.loads(side.read_text())
+        total += float(info.get("wall_seconds", info.get("cpu_seconds_windows", math.nan)))
     return total
 
 
