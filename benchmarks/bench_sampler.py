@@ -13,7 +13,6 @@ Prints a Markdown table and the training cost recorded in the checkpoint.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 

@@ -118,7 +118,7 @@ def main() -> None:
     tail = law.cdf(-cut)
     print(f"# {target.name}: {args.checkpoint}, {ckpt['state']['iteration']} iterations, "
           f"{ckpt['state']['cpu_seconds'] / 60:.1f} CPU-min; n = {args.n}; seed {args.seed}")
-    print(f"# x_0 quantiles raw / reweighted (exact: " + ", ".join(f"{q}: {v:+.2f}" for q, v in zip(QUANTILES, exact_q))
+    print("# x_0 quantiles raw / reweighted (exact: " + ", ".join(f"{q}: {v:+.2f}" for q, v in zip(QUANTILES, exact_q))
           + f"); regions: neck x_0 < {-cut:.1f}, mouth x_0 > {cut:.1f}, exact mass {tail:.3f} each;"
           " region columns: raw share / reweighted share (log mean weight there - log Z_hat)")
     print("| sampler | " + " | ".join(f"q{q}" for q in QUANTILES) + " | neck | mouth | ESS | log Z error |")

@@ -156,7 +156,7 @@ def main() -> None:
         print("| quantity | " + " | ".join(Path(r["path"]).stem for r in runs)
               + " | |A - B| / combined SE (largest pair) | runs combined |")
         print("|---|" + "---|" * (len(runs) + 2))
-        rows = [(f"dF(phi>0 vs phi<0) (kT)", [e[DF] for e in est], both[DF], 3)]
+        rows = [("dF(phi>0 vs phi<0) (kT)", [e[DF] for e in est], both[DF], 3)]
         rows += [(f"p({b})", [e["basins"][b] for e in est], both["basins"][b], 4) for b in BASINS]
         checks = {}
         for label, vals, comb, dig in rows:

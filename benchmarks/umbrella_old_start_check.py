@@ -2,7 +2,7 @@
 # (PYTHONPATH=. python benchmarks/umbrella_old_start_check.py; one JSON line per window, ~1.5 CPU-min).
 """Old 2D-grid start protocol (every window minimised from the PDB with its restraint on, then 20 ps):
 per window, chirality at CA and omega torsions after minimisation and over the 20 ps, and phi/psi offsets."""
-import json, math, sys, time
+import json, math, time
 import numpy as np, openmm
 from openmm import unit
 from molsample.targets import load_target

@@ -4,9 +4,7 @@ reuse)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .flow import CosineSchedule, Prior, _bt, as_times, em_mean, pf_step, reference_backward_mean

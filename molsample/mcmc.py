@@ -11,7 +11,6 @@ T = 1 chains cross barriers and reach the right mode proportions.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -11,7 +11,6 @@ plane and dF(phi > 0 vs phi < 0).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +83,6 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
                    min_weights: int = 20_000, budget_seconds: float = 600.0, seed: int = 0, device: str = "cpu",
                    progress: bool = True) -> QuickstartResult:
     """Sample, weight, compare; write ``out_dir``/report.md. See the module docstring."""
-    from .analysis.compare import compare, write_report
     from .analysis.ensembles import Ensemble
     from .io import save_samples
     from .train import load_checkpoint
@@ -127,7 +125,7 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
     sections = _comparisons(sample, exp.target, out)
     total = time.perf_counter() - t_start
     meta["seconds_total"] = total
-    head = [f"# molsample quickstart: alanine dipeptide in one step", "",
+    head = ["# molsample quickstart: alanine dipeptide in one step", "",
             f"- checkpoint: `{checkpoint.name}` ({ckpt['state']['iteration']} training iterations, "
             f"{ckpt['state']['cpu_seconds'] / 60:.0f} CPU-min)",
             f"- {n} conformations drawn with one network evaluation each in {t_sampling:.1f} s "
@@ -203,7 +201,7 @@ def _run_internal(checkpoint: Path, ckpt: dict, out: Path, n: int, seed: int, de
     total = time.perf_counter() - t_start
     meta["seconds_total"] = total
     e = ess(log_w, n_boot=0).value
-    head = [f"# molsample quickstart: alanine dipeptide in one step (internal coordinates)", "",
+    head = ["# molsample quickstart: alanine dipeptide in one step (internal coordinates)", "",
             f"- checkpoint: `{checkpoint.name}` (structured base fitted in {st.get('base_fit_cpu_seconds', 0):.0f} "
             f"CPU-s, one-step map trained {st['iteration']} iterations, {st['cpu_seconds'] / 60:.1f} CPU-min)",
             f"- {n} conformations, one network evaluation each, every one with its exact importance weight, in "

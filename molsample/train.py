@@ -6,7 +6,6 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
