@@ -327,6 +327,12 @@ def samples_kind(data: dict) -> str:
     raise InputError(f"not a molsample samples file: it holds {sorted(keys)}")
 
 
+def reference_method(data: dict) -> str:
+    """The method of a packed reference ('md', 'umbrella', 'replica-exchange'): its ``method`` entry (files
+    of schema 1, whose ``kind`` is 'reference'), or the ``kind`` entry older packed files used for it."""
+    return str(data["method"]) if "method" in data else str(data["kind"])
+
+
 def read_meta(data: dict, path) -> dict:
     """The JSON 'meta' record of a molsample .npz ({} if it has none)."""
     import json

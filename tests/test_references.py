@@ -10,6 +10,7 @@ from molsample.analysis.basins import BASINS, basin_indicators, phi_positive
 from molsample.analysis.compare import MIN_INDEPENDENT_IN_STATE, md_independent_in_state, state_estimates
 from molsample.analysis.ensembles import Ensemble, load_ensemble
 from molsample.analysis.reference import combine_estimates, pack_weighted
+from molsample.io import reference_method
 from molsample.cli import main
 from molsample.targets import load_target
 from molsample.targets.openmm_target import kt_kj_per_mol
@@ -157,6 +158,10 @@ def test_a_packed_reference_extended_by_more_runs_keeps_every_run_and_their_mean
     one = np.load(pack_weighted("umbrella", [src], target, tmp_path / "one.npz", n_frames=400))
     e1 = json.loads(str(one["estimates"]))
     assert len(e1["runs"]) == n
+    # written by io.save_samples: kind 'reference' with its schema, the method beside it (the shipped file, older,
+    # keeps the method in 'kind'); both read the same way
+    assert str(one["kind"]) == "reference" and int(one["schema"]) == 1 and str(one["method"]) == "umbrella"
+    assert reference_method(one) == reference_method(orig) == "umbrella"
     assert abs(e1[DF]["value"] - e0[DF]["value"]) < 1e-12 and abs(e1[DF]["stderr"] - e0[DF]["stderr"]) < 1e-12
     for b in e0["basins"]:
         assert abs(e1["basins"][b]["value"] - e0["basins"][b]["value"]) < 1e-12

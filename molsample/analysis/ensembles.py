@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError, open_npz, read_positions, samples_kind
+from ..io import InputError, open_npz, read_positions, reference_method, samples_kind
 
 
 @dataclass
@@ -149,8 +149,8 @@ def _compact(path: Path, d: dict, target, label: str) -> Ensemble:
     x = d["frames_xyz"].astype(np.float64)
     phi = d["phi"].astype(float) if "phi" in d else None
     psi = d["psi"].astype(float) if "psi" in d else None
-    if str(d["kind"]) == "md":
+    if reference_method(d) == "md":
         return Ensemble(label, "md", x, d["energy"].astype(float), phi=phi, psi=psi,
                         segments=[int(s) for s in d["segments"]])
-    return Ensemble(label, str(d["kind"]), x, d["energy"].astype(float), log_w=d["log_w"], phi=phi, psi=psi,
+    return Ensemble(label, reference_method(d), x, d["energy"].astype(float), log_w=d["log_w"], phi=phi, psi=psi,
                     angle_log_w=d["log_w"], external=json.loads(str(d["estimates"])))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import reference_method, save_samples
 from .compare import delta_f_from_fraction
 
 
@@ -108,8 +109,8 @@ def load_packed_runs(file: Path, kind: str | None = None) -> list[dict]:
     splits by run, go with the first run, whose ``share`` is the number of runs they pool (0 for the others).
     With ``kind`` ('umbrella' or 'replica-exchange'), a file of another kind is refused."""
     d = dict(np.load(file))
-    if kind is not None and str(d["kind"]) != kind:
-        raise ValueError(f"{file}: a packed {str(d['kind'])!r} reference, not {kind!r}")
+    if kind is not None and reference_method(d) != kind:
+        raise ValueError(f"{file}: a packed {reference_method(d)!r} reference, not {kind!r}")
     est = json.loads(str(d["estimates"]))
     settings = json.loads(str(d["settings"]))
     per = est.get("runs") or [est]
@@ -203,5 +204,7 @@ def _save(out, arrays, target, sources, provenance) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"system": target.name, "sources": sources, "provenance": provenance, "openmm_version": openmm.__version__}
-    np.savez_compressed(out, compact_reference=True, system=target.name, meta=json.dumps(meta), **arrays)
-    return out
+    arrays = dict(arrays)
+    method = arrays.pop("kind")
+    return save_samples(out, "reference", meta, compressed=True, compact_reference=True, system=target.name,
+                        method=method, **arrays)
