@@ -250,6 +250,35 @@ def as_times(value, x: torch.Tensor) -> torch.Tensor:
     return v.expand(x.shape[0]) if v.dim() == 0 else v
 
 
+# ------------------------------------------------------------------ measured bijectivity ratios of a step
+
+def residual_ratio(step_jacobian: torch.Tensor, c: torch.Tensor | float) -> torch.Tensor:
+    """||J - c I||_2 / c per sample for a step Phi = c x + r(x) with Jacobian J on the space: the
+    measured ratio Lip(r) / c, below 1 where Phi is locally a bijection (a lower estimate of the
+    global constant). ``c``: a scalar or (B,)."""
+    eye = torch.eye(step_jacobian.shape[-1], dtype=step_jacobian.dtype, device=step_jacobian.device)
+    c = torch.as_tensor(c, dtype=step_jacobian.dtype, device=step_jacobian.device)
+    c = c.expand(step_jacobian.shape[0]) if c.dim() == 0 else c
+    return torch.linalg.matrix_norm(step_jacobian - c[:, None, None] * eye, ord=2) / c
+
+
+def direct_step_ratio(step_jacobian: torch.Tensor) -> torch.Tensor:
+    """Measured bijectivity ratio ||I + d Q^T J_b Q - I||_2 = d ||Q^T J_b Q||_2 per sample of a
+    step Phi = x + d b(x): Phi is a bijection when d Lip(b) < 1 (a local, lower estimate)."""
+    return residual_ratio(step_jacobian, 1.0)
+
+
+def lipschitz_ratio(step_jacobian: torch.Tensor, sigma: torch.Tensor, beta: torch.Tensor,
+                    d: torch.Tensor) -> torch.Tensor:
+    """Measured bijectivity ratio ||(d sigma / 2) du/dx||_2 / (1 + d beta / 2) per sample.
+
+    ``step_jacobian`` is I + d Q^T J_b Q with J_b = 0.5 sigma J_u + 0.5 beta I. Phi is a bijection
+    when (d sigma / 2) Lip(u) < 1 + d beta / 2; a ratio below 1 at every sample is the local,
+    measured version of that bound (a lower estimate of the global constant).
+    """
+    return residual_ratio(step_jacobian, 1 + 0.5 * d * beta)   # J - c I = (d sigma / 2) Q^T J_u Q
+
+
 class Velocity:
     """A step velocity b(x, t, d): the step is Phi(x; t, d) = x + d b(x, t, d). A velocity knows its linear
     part a(t) (b = a(t) x + the rest) and the measured ratio that certifies its step a bijection; this
@@ -265,7 +294,6 @@ class Velocity:
     def bijectivity_ratio(self, step_jacobian: torch.Tensor, t: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """Per sample, the local ratio that must stay below 1 for the step with this Jacobian to be a
         bijection (a lower estimate of the global constant): ||J - I||_2 = d ||J_b||_2."""
-        from .jacobian import direct_step_ratio
         return direct_step_ratio(step_jacobian)
 
     def jacobian(self, x: torch.Tensor, t, d, basis: torch.Tensor) -> torch.Tensor | None:
@@ -291,7 +319,6 @@ class DriftVelocity(Velocity):
 
     def bijectivity_ratio(self, step_jacobian: torch.Tensor, t: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """(d sigma / 2) ||du/dx||_2 / (1 + d beta / 2): the step is a bijection where it is below 1."""
-        from .jacobian import lipschitz_ratio
         return lipschitz_ratio(step_jacobian, self.schedule.sigma(t), self.schedule.beta(t), d)
 
 

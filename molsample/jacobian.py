@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .flow import Space, _bt, as_times
+from .flow import direct_step_ratio, lipschitz_ratio, residual_ratio  # noqa: F401  (the step ratios live with Velocity)
 
 METHODS = ("exact", "trace", "hutchinson", "paper")
 
@@ -118,38 +119,11 @@ def step_log_volume(velocity, x: torch.Tensor, t, d, space: Space, method: str =
     return StepVolume(dd * est / n_probes)
 
 
-def residual_ratio(step_jacobian: torch.Tensor, c: torch.Tensor | float) -> torch.Tensor:
-    """||J - c I||_2 / c per sample for a step Phi = c x + r(x) with Jacobian J on the space: the
-    measured ratio Lip(r) / c, below 1 where Phi is locally a bijection (a lower estimate of the
-    global constant). ``c``: a scalar or (B,)."""
-    eye = torch.eye(step_jacobian.shape[-1], dtype=step_jacobian.dtype, device=step_jacobian.device)
-    c = torch.as_tensor(c, dtype=step_jacobian.dtype, device=step_jacobian.device)
-    c = c.expand(step_jacobian.shape[0]) if c.dim() == 0 else c
-    return torch.linalg.matrix_norm(step_jacobian - c[:, None, None] * eye, ord=2) / c
-
-
-def direct_step_ratio(step_jacobian: torch.Tensor) -> torch.Tensor:
-    """Measured bijectivity ratio ||I + d Q^T J_b Q - I||_2 = d ||Q^T J_b Q||_2 per sample of a
-    step Phi = x + d b(x): Phi is a bijection when d Lip(b) < 1 (a local, lower estimate)."""
-    return residual_ratio(step_jacobian, 1.0)
-
-
 def monotonicity(step_jacobian: torch.Tensor) -> torch.Tensor:
     """Smallest eigenvalue of the symmetric part of a step's Jacobian on the space, per sample.
     Positive at every point (uniformly) means the step is strongly monotone, hence injective, with
     any amount of stretching allowed; the measured local version of that sufficient condition."""
     return torch.linalg.eigvalsh(0.5 * (step_jacobian + step_jacobian.transpose(-1, -2)))[..., 0]
-
-
-def lipschitz_ratio(step_jacobian: torch.Tensor, sigma: torch.Tensor, beta: torch.Tensor,
-                    d: torch.Tensor) -> torch.Tensor:
-    """Measured bijectivity ratio ||(d sigma / 2) du/dx||_2 / (1 + d beta / 2) per sample.
-
-    ``step_jacobian`` is I + d Q^T J_b Q with J_b = 0.5 sigma J_u + 0.5 beta I. Phi is a bijection
-    when (d sigma / 2) Lip(u) < 1 + d beta / 2; a ratio below 1 at every sample is the local,
-    measured version of that bound (a lower estimate of the global constant).
-    """
-    return residual_ratio(step_jacobian, 1 + 0.5 * d * beta)   # J - c I = (d sigma / 2) Q^T J_u Q
 
 
 # ------------------------------------------------------------------ stochastic estimates (training only)
