@@ -20,7 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from .flow import Space, _bt, as_times
-from .flow import direct_step_ratio, lipschitz_ratio, residual_ratio  # noqa: F401  (the step ratios live with Velocity)
+from .flow import direct_step_ratio, lipschitz_ratio, residual_ratio  # the step ratios live with Velocity
+
+__all__ = ["StepVolume", "velocity_jacobian", "rademacher", "step_log_volume", "monotonicity", "step_lipschitz",
+           "step_monotonicity", "residual_ratio", "direct_step_ratio", "lipschitz_ratio"]
 
 METHODS = ("exact", "trace", "hutchinson", "paper")
 

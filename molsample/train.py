@@ -208,13 +208,13 @@ class Trainer:
         at times t with big steps d (both routes)."""
         exp, cfg, gen = self.exp, self.cfg, self.gen
         student, teacher = exp.velocity(model), exp.velocity(self.ema)
-        metric = None
-        if cfg.sd_metric == "target":
-            def metric(x_end, t_end):
-                w = losses.marginal_precision(exp.target, exp.schedule, x_end, t_end,
-                                              cfg.sd_metric_floor, cfg.sd_metric_cap)
-                logs["sd_w"] = w.mean().item()
-                return w
+        def target_metric(x_end, t_end):
+            w = losses.marginal_precision(exp.target, exp.schedule, x_end, t_end,
+                                          cfg.sd_metric_floor, cfg.sd_metric_cap)
+            logs["sd_w"] = w.mean().item()
+            return w
+
+        metric = target_metric if cfg.sd_metric == "target" else None
         l_sd, x_mid = losses.self_consistency(student, teacher, x, t, d, metric)
         l_sd = l_sd / exp.schedule.s0**2          # state differences in units of the prior scale
         ramp = min(1.0, (self.state.iteration + 1 - cfg.sd_start) / max(cfg.sd_ramp, 1))

@@ -129,7 +129,7 @@ def _capped_backbone(residues, phi_psi):
     ch3, c0 = np.array([0.0, 0.0, 0.0]), np.array([0.152, 0.0, 0.0])
     o0 = place_atom(np.array([0.0, 1.0, 0.0]), ch3, c0, 0.123, 121.0, 0.0)
     out += [(0, "ACE", "CH3", "C", ch3), (0, "ACE", "C", "C", c0), (0, "ACE", "O", "O", o0)]
-    prev_ca, prev_c, prev_o = ch3, c0, o0           # the previous residue's CA (CH3 for ACE), C and O
+    prev_ca, prev_c = ch3, c0                       # the previous residue's CA (CH3 for ACE) and C
     n = place_atom(o0, ch3, c0, 0.133, 116.0, 180.0)
     for k, (name, (phi, psi)) in enumerate(zip(residues, phi_psi), start=1):
         ca = place_atom(prev_ca, prev_c, n, 0.146, 122.0, 180.0)           # omega: trans
