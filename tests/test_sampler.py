@@ -50,13 +50,17 @@ def test_step_schedules_are_checked_and_dyadic_times_are_exact():
     assert describe_steps(4) == "K = 4" and describe_steps([0.5, 0.5]) == "K = 2 (1/2+1/2)"
 
 
-def test_inverting_the_k_step_map_recovers_log_q():
-    from molsample.sampler import log_q_of
+def _small_flow(n: int, seed: int):
+    """A small drift on a 3D Gaussian mixture, its prior and n prior draws."""
     target = GaussianMixture(n_modes=3, dim=3, box=1.0, std=1.0)
     space = Space(target.event_shape)
-    v = small_drift(space, target, std=0.1)
     prior = Prior(space, SCHED.s0)
-    x0 = prior.sample(16, torch.Generator().manual_seed(8))
+    return small_drift(space, target, std=0.1), prior, prior.sample(n, torch.Generator().manual_seed(seed))
+
+
+def test_inverting_the_k_step_map_recovers_log_q():
+    from molsample.sampler import log_q_of
+    v, prior, x0 = _small_flow(16, seed=8)
     for steps in (1, 4, [0.5, 0.25, 0.25]):
         y, log_q, bad, lip, *_ = integrate(v, prior, x0, steps, "exact")
         assert not bad.any() and float(lip.max()) < 1.0
@@ -66,11 +70,7 @@ def test_inverting_the_k_step_map_recovers_log_q():
 
 def test_integrate_saves_each_sample_after_its_own_number_of_steps():
     from molsample.flow import pf_step
-    target = GaussianMixture(n_modes=3, dim=3, box=1.0, std=1.0)
-    space = Space(target.event_shape)
-    v = small_drift(space, target, std=0.1)
-    prior = Prior(space, SCHED.s0)
-    x0 = prior.sample(10, torch.Generator().manual_seed(2))
+    v, prior, x0 = _small_flow(10, seed=2)
     save = torch.tensor([0, 1, 2, 3, 4, 4, 3, 2, 1, 0])
     for method in ("exact", None):                     # with log q: all steps; without: stops at the last save
         res = integrate(v, prior, x0, 4, method, save=save)

@@ -16,6 +16,13 @@ from .references import (_cmd_compare, _cmd_energy, _cmd_md, _cmd_mcmc, _cmd_pac
                          _cmd_umbrella)
 
 
+def _processes(p: argparse.ArgumentParser, what: str) -> None:
+    """--nproc (what it does for this command) and --timeout, for the commands that run on several processes."""
+    p.add_argument("--nproc", type=positive_int, default=1, help=what)
+    p.add_argument("--timeout", type=positive_float, default=900.0,
+                   help="seconds a process waits for the others in a collective before the run stops (default 900)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="molsample", description=(
         "One-step Boltzmann samplers with exact importance weights, compared against MD."))
@@ -43,11 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set train.kl_weight=0.1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--nproc", type=positive_int, default=1,
-                   help="data-parallel training on N processes of this machine (torch.distributed; gloo on the CPU, "
-                        "one GPU per process with --device cuda); the global batch is split over them")
-    p.add_argument("--timeout", type=positive_float, default=900.0,
-                   help="seconds a process waits for the others in a collective before the run stops (default 900)")
+    _processes(p, "data-parallel training on N processes of this machine (torch.distributed; gloo on the CPU, one "
+                  "GPU per process with --device cuda); the global batch is split over them")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="draw K-step samples with importance weights from a checkpoint")
@@ -66,11 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "Carlo: unbiased, lower variance where the weights are smooth in the prior point, no gain on "
                         "heavy-tailed weights; use --n a power of two)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--nproc", type=positive_int, default=1,
-                   help="share the draws over N processes (torch.distributed); the file is the one a single "
-                        "process writes with the same --seed and --batch-size")
-    p.add_argument("--timeout", type=positive_float, default=900.0,
-                   help="seconds a process waits for the others before the run stops (default 900)")
+    _processes(p, "share the draws over N processes (torch.distributed); the file is the one a single process "
+                  "writes with the same --seed and --batch-size")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("md", help="reference molecular dynamics with OpenMM")
