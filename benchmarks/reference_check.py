@@ -80,7 +80,7 @@ def _data_cpu_seconds(checkpoint: str) -> float:
         if not side.is_file():
             return math.nan
         info = json.loads(side.read_text())
-        total += float(info.get("wall_seconds", info.get("cpu_seconds_windows", math.nan)))
+        total += float(info["cpu_seconds_windows"] if "cpu_seconds_windows" in info else info.get("wall_seconds", math.nan))
     return total
 
 
