@@ -299,7 +299,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
 
     from ..io import read_checkpoint
     from ..runtime import Interrupted, RunLock, stop_on_signal
-    from ..train import atomic_save
+    from ..checkpoint import atomic_save
     group = group or SINGLE
     progress = progress and group.main
     out = Path(out_dir)
