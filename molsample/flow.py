@@ -1,4 +1,5 @@
-"""Noise schedule, prior, Euler-Maruyama and probability-flow steps, K-step integration.
+"""Noise schedule, priors and how their points are drawn, velocities (with their step ratios), Euler-Maruyama and
+probability-flow steps.
 
 Time t in [0, 1]: t = 0 is the prior, t = 1 the target. A *velocity* ``b(x, t, d)`` defines the
 deterministic step Phi(x; t, d) = x + d b(x, t, d); the drift network enters through
