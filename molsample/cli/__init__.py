@@ -23,22 +23,8 @@ def _processes(p: argparse.ArgumentParser, what: str) -> None:
                    help="seconds a process waits for the others in a collective before the run stops (default 900)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="molsample", description=(
-        "One-step Boltzmann samplers with exact importance weights, compared against MD."))
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("systems", help="list the available systems")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.set_defaults(func=_cmd_systems)
-    p = sub.add_parser("energy", help="reduced energies of every frame of a file")
-    p.add_argument("system", help="system name (see `molsample systems`) or path to a system YAML")
-    p.add_argument("file", help="PDB/DCD/HDF5/XTC (read with mdtraj) or .npz with an 'xyz' array in nm")
-    p.add_argument("--backend", choices=("torch", "openmm"), default="torch")
-    p.add_argument("--platform", default="Reference", help="OpenMM platform for --backend openmm")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.set_defaults(func=_cmd_energy)
-
+def _model_commands(sub) -> None:
+    """The sub-commands train, sample, estimate, export-model, quickstart."""
     p = sub.add_parser("train", help="train a one-step sampler from a config YAML")
     p.add_argument("config")
     p.add_argument("--out", help="output directory (default runs/CONFIG_NAME)")
@@ -74,6 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
                   "writes with the same --seed and --batch-size")
     p.set_defaults(func=_cmd_sample)
 
+    p = sub.add_parser("estimate", help="log Z, ELBO and ESS with errors from a samples file")
+    p.add_argument("file")
+    p.add_argument("--bootstrap", type=nonnegative_int, default=200, help="bootstrap resamples for standard errors")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_estimate)
+
+    p = sub.add_parser("export-model", help="a sampling-only copy of a checkpoint (EMA weights and config)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("quickstart", help="alanine dipeptide in one step: sample, exact weights, compare with MD")
+    p.add_argument("--checkpoint", help="one-step checkpoint (default: the shipped alanine dipeptide model)")
+    p.add_argument("--out", default="quickstart_aldp", help="report directory")
+    p.add_argument("--n", type=positive_int, default=100_000, help="conformations to draw")
+    p.add_argument("--min-weights", type=positive_int, default=20_000, help="exact weights computed at least")
+    p.add_argument("--budget-seconds", type=nonnegative_float, default=600.0, help="wall-time budget of the whole run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_quickstart)
+
+
+def _reference_commands(sub) -> None:
+    """The sub-commands that run references: md, umbrella, pt."""
     p = sub.add_parser("md", help="reference molecular dynamics with OpenMM")
     p.add_argument("system")
     p.add_argument("--ns", type=positive_float, required=True, help="production length per replica (ns)")
@@ -134,6 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_pt)
 
+
+
+def _system_commands(sub) -> None:
+    """The sub-commands systems, energy, compare, mcmc, pack-reference."""
+    p = sub.add_parser("systems", help="list the available systems")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_cmd_systems)
+
+    p = sub.add_parser("energy", help="reduced energies of every frame of a file")
+    p.add_argument("system", help="system name (see `molsample systems`) or path to a system YAML")
+    p.add_argument("file", help="PDB/DCD/HDF5/XTC (read with mdtraj) or .npz with an 'xyz' array in nm")
+    p.add_argument("--backend", choices=("torch", "openmm"), default="torch")
+    p.add_argument("--platform", default="Reference", help="OpenMM platform for --backend openmm")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_cmd_energy)
+
     p = sub.add_parser("compare", help="compare samples (weighted or not) with an MD or umbrella reference")
     p.add_argument("samples", help="`molsample sample` .npz, a trajectory, or an umbrella .npz")
     p.add_argument("--reference", nargs="+",
@@ -160,22 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_mcmc)
 
-    p = sub.add_parser("export-model", help="a sampling-only copy of a checkpoint (EMA weights and config)")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("quickstart", help="alanine dipeptide in one step: sample, exact weights, compare with MD")
-    p.add_argument("--checkpoint", help="one-step checkpoint (default: the shipped alanine dipeptide model)")
-    p.add_argument("--out", default="quickstart_aldp", help="report directory")
-    p.add_argument("--n", type=positive_int, default=100_000, help="conformations to draw")
-    p.add_argument("--min-weights", type=positive_int, default=20_000, help="exact weights computed at least")
-    p.add_argument("--budget-seconds", type=nonnegative_float, default=600.0, help="wall-time budget of the whole run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_quickstart)
-
     p = sub.add_parser("pack-reference", help="pack MD, umbrella or replica-exchange output into a compact "
                                               "reference (< 5 MB)")
     p.add_argument("kind", choices=("md", "umbrella", "pt"))
@@ -192,12 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "log weight (1 - p) log w (1: equal-weight frames; 0.5: rare states more often)")
     p.set_defaults(func=_cmd_pack)
 
-    p = sub.add_parser("estimate", help="log Z, ELBO and ESS with errors from a samples file")
-    p.add_argument("file")
-    p.add_argument("--bootstrap", type=nonnegative_int, default=200, help="bootstrap resamples for standard errors")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_estimate)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="molsample", description=(
+        "One-step Boltzmann samplers with exact importance weights, compared against MD."))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_system_commands, _model_commands, _reference_commands):
+        add(sub)
     return parser
 
 
