@@ -281,6 +281,51 @@ def train_step(sampler: InternalSampler, opt: torch.optim.Optimizer, tc: ICTrain
     return logs
 
 
+def _resume_run(cfg: ICExperimentConfig, path: Path, iterations: int | None, group, gen: torch.Generator):
+    """The sampler, state, checkpoint and target of a run continued from ``path`` (this rank's stream restored
+    into ``gen``); refused if the config (other than train.*) or the number of processes changed."""
+    from ..io import read_checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume; start without --resume")
+    ckpt = read_checkpoint(path)
+    saved = from_dict(ICExperimentConfig, ckpt["config"], f"{path}: config")
+    if dataclasses.replace(saved, train=cfg.train) != cfg:
+        raise ValueError(f"{path}: the checkpoint was trained with another config (only train.* may change "
+                         "on --resume)")
+    target_its = iterations if iterations is not None else ckpt["state"]["target_iterations"]
+    sampler, _ = load_internal_checkpoint(path, ckpt)
+    st = ckpt["state"]
+    if target_its < st["iteration"]:
+        raise ValueError(f"--iterations {target_its}: the run has already done {st['iteration']}")
+    world = int(ckpt.get("world_size", 1))
+    if world != group.world:
+        raise ValueError(f"{path}: the run was trained on {world} process(es); resume it on {world} "
+                         f"(--nproc {world}) so that every rank continues its own random stream")
+    gen.set_state(ckpt["rngs"][group.rank] if "rngs" in ckpt else ckpt["rng"])
+    return sampler, st, ckpt, target_its
+
+
+def _start_run(cfg: ICExperimentConfig, path: Path, iterations: int | None, group, progress: bool):
+    """The sampler (base fitted once, on rank 0, and sent to the others; the map at the identity), a fresh
+    state and the target of a new run."""
+    if path.is_file():
+        raise FileExistsError(f"{path} exists; pass --resume to continue or choose another --out")
+    target_its = cfg.train.iterations if iterations is None else iterations
+    c0 = time.process_time()
+    fitted = None
+    if group.main:
+        sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(cfg.seed + 1), progress=progress)
+        fitted = (base_state(sampler.base), sampler.refine_log)
+    fitted = group.broadcast(fitted)
+    if not group.main:
+        sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(cfg.seed + 1), base_state_dict=fitted[0])
+        sampler.refine_log = fitted[1]
+    group.broadcast_module_(sampler.flow)
+    st = {"iteration": 0, "cpu_seconds": 0.0, "base_fit_cpu_seconds": group.broadcast(time.process_time() - c0),
+          "base_refine": sampler.refine_log, "nonfinite_total": 0, "last_eval": {}}
+    return sampler, st, target_its
+
+
 def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progress: bool = True,
                    iterations: int | None = None, group=None) -> dict:
     """Fit the base and train the one-step map of ``cfg`` into ``out_dir`` (checkpoint.pt, config.json,
@@ -297,7 +342,6 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
     from ..distributed import SINGLE, stream_seed
     from ..runtime import progress_bar
 
-    from ..io import read_checkpoint
     from ..runtime import Interrupted, RunLock, stop_on_signal
     from ..checkpoint import atomic_save
     group = group or SINGLE
@@ -311,42 +355,9 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
         gen = torch.Generator().manual_seed(stream_seed(cfg.seed, group.rank))
         batch = group.split(cfg.train.batch, "train.batch")
         if resume:
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no checkpoint to resume; start without --resume")
-            ckpt = read_checkpoint(path)
-            saved = from_dict(ICExperimentConfig, ckpt["config"], f"{path}: config")
-            if dataclasses.replace(saved, train=cfg.train) != cfg:
-                raise ValueError(f"{path}: the checkpoint was trained with another config (only train.* may change "
-                                 "on --resume)")
-            target_its = iterations if iterations is not None else ckpt["state"]["target_iterations"]
-            sampler, _ = load_internal_checkpoint(path, ckpt)
-            st = ckpt["state"]
-            if target_its < st["iteration"]:
-                raise ValueError(f"--iterations {target_its}: the run has already done {st['iteration']}")
-            world = int(ckpt.get("world_size", 1))
-            if world != group.world:
-                raise ValueError(f"{path}: the run was trained on {world} process(es); resume it on {world} "
-                                 f"(--nproc {world}) so that every rank continues its own random stream")
-            gen.set_state(ckpt["rngs"][group.rank] if "rngs" in ckpt else ckpt["rng"])
+            sampler, st, ckpt, target_its = _resume_run(cfg, path, iterations, group, gen)
         else:
-            if path.is_file():
-                raise FileExistsError(f"{path} exists; pass --resume to continue or choose another --out")
-            target_its = cfg.train.iterations if iterations is None else iterations
-            c0 = time.process_time()
-            fitted = None
-            if group.main:                        # the base is fitted once and sent to the other ranks
-                sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(cfg.seed + 1), progress=progress)
-                fitted = (base_state(sampler.base), sampler.refine_log)
-            fitted = group.broadcast(fitted)
-            if not group.main:
-                sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(cfg.seed + 1),
-                                        base_state_dict=fitted[0])
-                sampler.refine_log = fitted[1]
-            group.broadcast_module_(sampler.flow)
-            st = {"iteration": 0, "cpu_seconds": 0.0, "base_fit_cpu_seconds": time.process_time() - c0,
-                  "base_refine": sampler.refine_log,
-                  "nonfinite_total": 0, "last_eval": {}}
-            st["base_fit_cpu_seconds"] = group.broadcast(st["base_fit_cpu_seconds"])
+            sampler, st, target_its = _start_run(cfg, path, iterations, group, progress)
             ckpt = None
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, iterations=target_its))
         tc = cfg.train
