@@ -74,6 +74,14 @@ class Group:
             t.copy_(flat[offset:offset + t.numel()].view_as(t))
             offset += t.numel()
 
+    def average_gradients_(self, params: list[torch.Tensor]) -> None:
+        """Give every parameter a gradient (zeros where its backward pass left none, so that every rank
+        reduces the same tensors) and average them over the ranks: the gradient of the global batch."""
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.average_([p.grad for p in params])
+
     def _reduce(self, values: list[float], op) -> list[float]:
         import torch.distributed as dist
         t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
@@ -97,15 +105,6 @@ class Group:
             return float(value)
         import torch.distributed as dist
         return self._reduce([float(value)], dist.ReduceOp.SUM)[0] / self.world
-
-    def all_gather(self, obj) -> list:
-        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
-        if not self.parallel:
-            return [obj]
-        import torch.distributed as dist
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
 
     def gather(self, obj) -> list | None:
         """Every rank's ``obj`` in rank order on rank 0; None on the others."""
@@ -209,6 +208,17 @@ def stream_seed(seed: int, index: int) -> int:
     return int(words[0]) << 32 | int(words[1])
 
 
+def restore_stream(gen: torch.Generator, ckpt: dict, path, group: Group, every: str, one: str) -> None:
+    """Set ``gen`` to this rank's generator state from a checkpoint that holds every rank's under ``every``
+    (older, single-process checkpoints: one state under ``one``). A run resumes on the number of processes
+    it was trained on, since each continues its own stream; another number is an InputError naming it."""
+    world = int(ckpt.get("world_size", 1))
+    if world != group.world:
+        raise InputError(f"{path}: the run was trained on {world} process(es); resume it on {world} (--nproc "
+                         f"{world}) so that every rank continues its own random stream")
+    gen.set_state(ckpt[every][group.rank] if every in ckpt else ckpt[one])
+
+
 def launch(nproc: int, argv: list[str], what: str = "run") -> None:
     """Run ``python -m molsample ARGV`` as ``nproc`` ranks on this machine through
     torch.distributed's elastic launcher (no restarts). Returns when all ranks exit 0; raises
@@ -242,14 +252,17 @@ def launch(nproc: int, argv: list[str], what: str = "run") -> None:
 SAMPLE_BLOCK = 8192          # draws per random stream of a sampling run (the unit that is shared out)
 
 
+def blocks(n: int, group: Group = SINGLE, block: int = SAMPLE_BLOCK) -> list[tuple[int, int]]:
+    """(index, size) of the blocks of n draws that this rank owns: blocks r, r + N, ... of ``block`` draws."""
+    return [(b, min(block, n - b * block)) for b in range(-(-n // block))][group.rank::group.world]
+
+
 def draw_in_blocks(n: int, seed: int, draw, group: Group = SINGLE, block: int = SAMPLE_BLOCK) -> list | None:
     """``draw(m, generator)`` for the blocks of n draws that this rank owns, gathered on rank 0 in
     block order (None on the other ranks). Block b has b x ``block`` draws before it and its own
     generator, seeded by :func:`stream_seed` (seed, b), so the output depends on ``n`` and ``seed``
     alone: one process and any number of ranks give the same draws (rank r takes blocks r, r + N, ...)."""
-    blocks = [(b, min(block, n - b * block)) for b in range(-(-n // block))]
-    mine = [(b, draw(m, torch.Generator().manual_seed(stream_seed(seed, b))))
-            for b, m in blocks[group.rank::group.world]]
+    mine = [(b, draw(m, torch.Generator().manual_seed(stream_seed(seed, b)))) for b, m in blocks(n, group, block)]
     parts = group.gather(mine)
     if parts is None:
         return None

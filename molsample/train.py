@@ -14,7 +14,7 @@ import torch
 
 from . import jacobian, losses
 from .build import Experiment, build
-from .distributed import SINGLE, Group, stream_seed
+from .distributed import SINGLE, Group, restore_stream, stream_seed
 from .config import ExperimentConfig
 from .estimate import ess as ess_estimate, log_z as log_z_estimate
 from .checkpoint import CHECKPOINT, atomic_save, export_model, load_checkpoint, load_weights, saved_config
@@ -120,15 +120,11 @@ class Trainer:
         if target < done:
             raise InputError(f"--iterations {target}: the run in {self.out} has already done {done} iterations; "
                              "give a larger number or leave --iterations out to continue to its own target")
-        world = int(ckpt.get("world_size", 1))
-        if world != self.group.world:
-            raise InputError(f"{path}: the run was trained on {world} process(es); resume it on {world} (--nproc "
-                             f"{world}) so that every rank continues its own random stream")
         self._set_iterations(target)
         self.exp.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.opt.load_state_dict(ckpt["optimizer"])
-        self.gen.set_state(ckpt["generators"][self.group.rank] if "generators" in ckpt else ckpt["generator"])
+        restore_stream(self.gen, ckpt, path, self.group, "generators", "generator")
         self.state = TrainState(**ckpt["state"])
         return True
 
@@ -268,10 +264,7 @@ class Trainer:
             for p in params:
                 p.grad = None
             part.backward(retain_graph=True)
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            self.group.average_([p.grad for p in params])      # the gradient of the global batch
+            self.group.average_gradients_(params)
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             if name:
                 logs[name] = norm.item()

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from ..distributed import DEFAULT_TIMEOUT_S
 from .args import _Parser, _steps_arg, nonnegative_float, nonnegative_int, positive_float, positive_int
 from .models import _cmd_estimate, _cmd_export, _cmd_quickstart, _cmd_sample, _cmd_train
 from .references import (_cmd_compare, _cmd_energy, _cmd_md, _cmd_mcmc, _cmd_pack, _cmd_pt, _cmd_systems,
@@ -19,8 +20,9 @@ from .references import (_cmd_compare, _cmd_energy, _cmd_md, _cmd_mcmc, _cmd_pac
 def _processes(p: argparse.ArgumentParser, what: str) -> None:
     """--nproc (what it does for this command) and --timeout, for the commands that run on several processes."""
     p.add_argument("--nproc", type=positive_int, default=1, help=what)
-    p.add_argument("--timeout", type=positive_float, default=900.0,
-                   help="seconds a process waits for the others in a collective before the run stops (default 900)")
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds a process waits for the others in a collective before the run stops "
+                        f"(default {DEFAULT_TIMEOUT_S:g})")
 
 
 def _model_commands(sub) -> None:

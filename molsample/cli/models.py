@@ -206,8 +206,8 @@ def _sample_internal(args, ckpt: dict, out: Path, group) -> int:
     if args.steps != 1 and not sampler.flow.step_conditioned:
         raise ValueError(f"--steps {args.steps}: this internal-coordinate model is a single step (trained without "
                          "map.step_conditioned), so only --steps 1 is defined")
-    from ..distributed import SAMPLE_BLOCK, draw_in_blocks
-    mine = sum(min(SAMPLE_BLOCK, args.n - b * SAMPLE_BLOCK) for b in range(-(-args.n // SAMPLE_BLOCK))[group.rank::group.world])
+    from ..distributed import blocks, draw_in_blocks
+    mine = sum(m for _, m in blocks(args.n, group))
     t0 = time.perf_counter()
     with progress_bar(total=mine, desc="sample", unit=" conf", file_interval=10.0, enabled=group.main) as bar:
         def draw(m, gen):

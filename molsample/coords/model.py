@@ -270,10 +270,7 @@ def train_step(sampler: InternalSampler, opt: torch.optim.Optimizer, tc: ICTrain
     if math.isfinite(group.mean(float(loss.detach()))):
         params = list(sampler.flow.parameters())
         loss.backward()
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        group.average_([p.grad for p in params])
+        group.average_gradients_(params)
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         opt.step()
     else:
@@ -284,6 +281,7 @@ def train_step(sampler: InternalSampler, opt: torch.optim.Optimizer, tc: ICTrain
 def _resume_run(cfg: ICExperimentConfig, path: Path, iterations: int | None, group, gen: torch.Generator):
     """The sampler, state, checkpoint and target of a run continued from ``path`` (this rank's stream restored
     into ``gen``); refused if the config (other than train.*) or the number of processes changed."""
+    from ..distributed import restore_stream
     from ..io import read_checkpoint
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume; start without --resume")
@@ -297,11 +295,7 @@ def _resume_run(cfg: ICExperimentConfig, path: Path, iterations: int | None, gro
     st = ckpt["state"]
     if target_its < st["iteration"]:
         raise ValueError(f"--iterations {target_its}: the run has already done {st['iteration']}")
-    world = int(ckpt.get("world_size", 1))
-    if world != group.world:
-        raise ValueError(f"{path}: the run was trained on {world} process(es); resume it on {world} "
-                         f"(--nproc {world}) so that every rank continues its own random stream")
-    gen.set_state(ckpt["rngs"][group.rank] if "rngs" in ckpt else ckpt["rng"])
+    restore_stream(gen, ckpt, path, group, "rngs", "rng")
     return sampler, st, ckpt, target_its
 
 
