@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 IC_TRAIN = ["train", "configs/aldp-ic.yaml", "--set", "base.refine_rounds=0", "--set", "train.eval_samples=200",
             "--set", "train.eval_every=1000000", "--set", "train.checkpoint_every=1000000", "--quiet"]
-DATA_TRAIN = ["train", "configs/tiny-aldp-data.yaml", "--set", "train.batch=128", "--set", "train.sd_batch=64",
+DATA_TRAIN = ["train", "configs/tiny-aldp-data.yaml", "--set", "train.batch=128", "--set", "train.distill.batch=64",
               "--set", "train.eval_every=1000000", "--set", "train.checkpoint_every=1000000", "--set",
               "train.eval_samples=16", "--quiet"]
 SAMPLE = ["sample", "systems/aldp/models/aldp-ic.pt", "--seed", "1"]

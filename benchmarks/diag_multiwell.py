@@ -16,7 +16,7 @@ and exact samples of the target:
 - a histogram of the first coordinate (counts per bin);
 - the self-consistency residual per distillation level: for each step size d = 1, 1/2, ... 2/N_base, the
   mean squared difference per coordinate between one step of size d and two half steps, at the states
-  the d-step sampler visits (what `sd_states: flow` trains), averaged over those states.
+  the d-step sampler visits (what `distill.states: flow` trains), averaged over those states.
 """
 from __future__ import annotations
 

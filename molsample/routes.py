@@ -31,8 +31,8 @@ class EnergyRoute:
         return {"path": path}
 
     def distillation_rows(self, cfg, n: int) -> int:
-        """train.sd_batch rows of big steps (from the path's rows in turn)."""
-        return cfg.sd_batch
+        """train.distill.batch rows of big steps (from the path's rows in turn)."""
+        return cfg.distill.batch
 
     def path_states(self, batch: dict, t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The path's states at the big steps' start times (rows taken in turn)."""
@@ -93,8 +93,8 @@ class DataRoute:
         return {"x0": x0, "x1": x1, "t": t}
 
     def distillation_rows(self, cfg, n: int) -> int:
-        """train.sd_batch rows of big steps, at most the batch's (they start on its first rows)."""
-        return min(cfg.sd_batch, n)
+        """train.distill.batch rows of big steps, at most the batch's (they start on its first rows)."""
+        return min(cfg.distill.batch, n)
 
     def path_states(self, batch: dict, t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Points of the interpolant at the big steps' start times (the batch's first rows)."""

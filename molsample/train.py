@@ -41,12 +41,12 @@ class TrainState:
 
 
 def learning_rate(cfg, iteration: int) -> float:
-    """The learning rate of iteration ``iteration`` (0-based) under ``cfg.lr_schedule``."""
-    if cfg.lr_schedule == "constant" or iteration < cfg.lr_decay_start:
-        return cfg.lr
-    span = max(cfg.iterations - cfg.lr_decay_start, 1)
-    progress = min(1.0, (iteration - cfg.lr_decay_start) / span)
-    return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1.0 + math.cos(math.pi * progress))
+    """The learning rate of iteration ``iteration`` (0-based) under ``cfg.lr.schedule``."""
+    if cfg.lr.schedule == "constant" or iteration < cfg.lr.decay_start:
+        return cfg.lr.value
+    span = max(cfg.iterations - cfg.lr.decay_start, 1)
+    progress = min(1.0, (iteration - cfg.lr.decay_start) / span)
+    return cfg.lr.final + 0.5 * (cfg.lr.value - cfg.lr.final) * (1.0 + math.cos(math.pi * progress))
 
 
 class Trainer:
@@ -64,7 +64,7 @@ class Trainer:
         self.cfg = self._local(cfg)
         group.broadcast_module_(exp.model)
         self.ema = copy.deepcopy(exp.model).requires_grad_(False)
-        self.opt = torch.optim.AdamW(exp.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(exp.model.parameters(), lr=cfg.lr.value, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(stream_seed(exp.config.seed, group.rank))
         self.state = TrainState()
         check_output_dir(self.out, "--out")
@@ -82,8 +82,9 @@ class Trainer:
         if not g.parallel:
             return cfg
         from dataclasses import replace
-        return replace(cfg, batch=g.split(cfg.batch, "train.batch"), sd_batch=g.split(cfg.sd_batch, "train.sd_batch"),
-                       kl_batch=g.split(cfg.kl_batch, "train.kl_batch"))
+        return replace(cfg, batch=g.split(cfg.batch, "train.batch"),
+                       distill=replace(cfg.distill, batch=g.split(cfg.distill.batch, "train.distill.batch")),
+                       kl=replace(cfg.kl, batch=g.split(cfg.kl.batch, "train.kl.batch")))
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -134,11 +135,11 @@ class Trainer:
         the states the distillation losses start from)."""
         cfg, exp = self.cfg, self.exp
         batch = self.route.draw(self, n, gen)
-        if (cfg.sd_weight > 0 or cfg.vol_weight > 0) and self.state.iteration >= cfg.sd_start:
+        if (cfg.distill.weight > 0 or cfg.distill.volume_weight > 0) and self.state.iteration >= cfg.distill.start:
             m = self.route.distillation_rows(cfg, n)
             t, d, index = losses.sample_big_steps(m, cfg.n_base, gen)
             t, d = t.to(exp.dtype).to(exp.device), d.to(exp.dtype).to(exp.device)
-            x = self.flow_states(t, d) if cfg.sd_states == "flow" else self.route.path_states(batch, t, index)
+            x = self.flow_states(t, d) if cfg.distill.states == "flow" else self.route.path_states(batch, t, index)
             batch.update(sd_t=t, sd_d=d, sd_x=x)
         return batch
 
@@ -166,40 +167,42 @@ class Trainer:
         student, teacher = exp.velocity(model), exp.velocity(self.ema)
         def target_metric(x_end, t_end):
             w = losses.marginal_precision(exp.target, exp.schedule, x_end, t_end,
-                                          cfg.sd_metric_floor, cfg.sd_metric_cap)
+                                          cfg.distill.metric_floor, cfg.distill.metric_cap)
             logs["sd_w"] = w.mean().item()
             return w
 
-        metric = target_metric if cfg.sd_metric == "target" else None
+        metric = target_metric if cfg.distill.metric == "target" else None
         l_sd, x_mid = losses.self_consistency(student, teacher, x, t, d, metric)
         l_sd = l_sd / exp.schedule.s0**2          # state differences in units of the prior scale
-        ramp = min(1.0, (self.state.iteration + 1 - cfg.sd_start) / max(cfg.sd_ramp, 1))
-        total = cfg.sd_weight * ramp * l_sd
+        ramp = min(1.0, (self.state.iteration + 1 - cfg.distill.start) / max(cfg.distill.ramp, 1))
+        total = cfg.distill.weight * ramp * l_sd
         logs["sd"] = l_sd.item()
-        if cfg.vol_weight > 0:
-            l_vol = losses.volume_consistency(student, teacher, x, x_mid, t, d, exp.space, cfg.vol_form, gen)
-            total = total + cfg.vol_weight * l_vol
+        if cfg.distill.volume_weight > 0:
+            l_vol = losses.volume_consistency(student, teacher, x, x_mid, t, d, exp.space, cfg.distill.volume_form,
+                                              gen)
+            total = total + cfg.distill.volume_weight * l_vol
             logs["vol"] = l_vol.item()
-        if cfg.jac_weight > 0:
+        if cfg.distill.jacobian_weight > 0:
             drift = model if exp.route == "energy" else student
             l_jac = losses.jacobian_penalty(drift, x, t, d, exp.space, gen)
-            total = total + cfg.jac_weight * l_jac
+            total = total + cfg.distill.jacobian_weight * l_jac
             logs["jac"] = l_jac.item()
-        if cfg.bij_weight > 0:
+        if cfg.hinge.weight > 0:
             n = t.shape[0]
-            h = n // 2 if cfg.bij_prior_scale != 1.0 else n      # rows from the plain prior
-            keep = d >= cfg.bij_min_step                         # only the coarse steps (all rows at 0)
+            h = n // 2 if cfg.hinge.prior_scale != 1.0 else n    # rows from the plain prior
+            keep = d >= cfg.hinge.min_step                       # only the coarse steps (all rows at 0)
             ra, rb = keep[:h].nonzero().squeeze(1), h + keep[h:].nonzero().squeeze(1)
-            xb = x[ra] if cfg.bij_states == "path" or cfg.sd_states == "flow" else self.flow_states(t[ra], d[ra])
+            on_path = cfg.hinge.states == "path" or cfg.distill.states == "flow"
+            xb = x[ra] if on_path else self.flow_states(t[ra], d[ra])
             if h < n:                                            # the other half from the prior's tail
-                xb = torch.cat([xb, self.flow_states(t[rb], d[rb], cfg.bij_prior_scale)])
+                xb = torch.cat([xb, self.flow_states(t[rb], d[rb], cfg.hinge.prior_scale)])
             rows = torch.cat([ra, rb])
             tb, db = t[rows], d[rows]
             if len(db):
-                if cfg.bij_form == "lipschitz":
-                    measure = jacobian.step_lipschitz(student, xb, tb, db, exp.space, gen, cfg.bij_iterations)
+                if cfg.hinge.form == "lipschitz":
+                    measure = jacobian.step_lipschitz(student, xb, tb, db, exp.space, gen, cfg.hinge.iterations)
                 else:
-                    measure = jacobian.step_monotonicity(student, xb, tb, db, exp.space, gen, cfg.bij_iterations)
+                    measure = jacobian.step_monotonicity(student, xb, tb, db, exp.space, gen, cfg.hinge.iterations)
                 total = total + self.bijectivity_hinge(measure, logs, "bij")
         return total
 
@@ -218,34 +221,34 @@ class Trainer:
         return x
 
     def bijectivity_hinge(self, measure: torch.Tensor, logs: dict, key: str) -> torch.Tensor:
-        """bij_weight x the linear hinge on per-sample bijectivity measures: for ``lipschitz`` the
-        ratio ||J_r||_2 / c must stay below bij_bound, for ``monotone`` lambda_min(sym J) / c above it."""
+        """train.hinge.weight x the linear hinge on per-sample bijectivity measures: for ``lipschitz`` the
+        ratio ||J_r||_2 / c must stay below train.hinge.bound, for ``monotone`` lambda_min(sym J) / c above it."""
         cfg = self.cfg
-        if cfg.bij_form == "lipschitz":
-            l_bij = losses.bijectivity_penalty(measure, cfg.bij_bound)
+        if cfg.hinge.form == "lipschitz":
+            l_bij = losses.bijectivity_penalty(measure, cfg.hinge.bound)
             logs[key + "_max"] = measure.max().item()
         else:
-            l_bij = losses.bijectivity_penalty(-measure, -cfg.bij_bound)
+            l_bij = losses.bijectivity_penalty(-measure, -cfg.hinge.bound)
             logs[key + "_min"] = measure.min().item()
         logs[key] = l_bij.item()
-        return cfg.bij_weight * l_bij
+        return cfg.hinge.weight * l_bij
 
     def one_step_kl(self, logs) -> torch.Tensor | float:
-        """kl_weight x the reverse KL of the one-step map (exact log-determinant), from kl_start on;
+        """kl.weight x the reverse KL of the one-step map (exact log-determinant), from kl.start on;
         its batch's Kish ESS is logged."""
         exp, cfg = self.exp, self.cfg
-        if cfg.kl_weight <= 0 or self.state.iteration < cfg.kl_start:
+        if cfg.kl.weight <= 0 or self.state.iteration < cfg.kl.start:
             return 0.0
-        z0 = exp.prior.sample(cfg.kl_batch, self.gen, dtype=exp.dtype).to(exp.device)
+        z0 = exp.prior.sample(cfg.kl.batch, self.gen, dtype=exp.dtype).to(exp.device)
         velocity = exp.velocity(exp.model)
-        l_kl, lw, step = losses.one_step_reverse_kl(velocity, exp.prior, exp.target, z0, cfg.energy_cap)
+        l_kl, lw, step = losses.one_step_reverse_kl(velocity, exp.prior, exp.target, z0, cfg.kl.energy_cap)
         logs["kl"] = l_kl.item()
         logs["kl_ess"] = float(ess_estimate(lw.double().cpu().numpy(), n_boot=0).value)
-        total = cfg.kl_weight * l_kl
-        if cfg.bij_weight > 0:          # the KL sees log|det| only: the hinge keeps these steps from folding,
+        total = cfg.kl.weight * l_kl
+        if cfg.hinge.weight > 0:        # the KL sees log|det| only: the hinge keeps these steps from folding,
             c = 1 + velocity.linear_rate(torch.zeros(1, dtype=step.dtype, device=step.device))   # d = 1
             # exactly, from the Jacobian the KL already holds
-            measure = residual_ratio(step, c) if cfg.bij_form == "lipschitz" else monotonicity(step) / c
+            measure = residual_ratio(step, c) if cfg.hinge.form == "lipschitz" else monotonicity(step) / c
             total = total + self.bijectivity_hinge(measure, logs, "kl_bij")
         return total
 
@@ -303,7 +306,7 @@ class Trainer:
             lr = learning_rate(self.cfg, self.state.iteration)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            if self.cfg.lr_schedule != "constant":
+            if self.cfg.lr.schedule != "constant":
                 logs["lr"] = lr
             self.opt.step()
             with torch.no_grad():

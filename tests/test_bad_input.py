@@ -160,10 +160,11 @@ def test_a_system_file_with_a_negative_temperature(capsys, tmp_path):
     fails(capsys, ["energy", spec, PDB], str(spec), "temperature", "-300", "positive")
 
 
-@pytest.mark.parametrize("override, key", [("train.lr=0", "train.lr"), ("train.iterations=-5", "train.iterations"),
+@pytest.mark.parametrize("override, key", [("train.lr.value=0", "train.lr.value"), ("train.iterations=-5", "train.iterations"),
                                            ("train.batch=-8", "train.batch"), ("train.batch=0", "train.batch"),
-                                           ("train.lr=.nan", "train.lr"), ("train.ema=1.5", "train.ema"),
-                                           ("model.hidden=0", "model.hidden"), ("train.n_base=12", "train.n_base")])
+                                           ("train.lr.value=.nan", "train.lr.value"), ("train.ema=1.5", "train.ema"),
+                                           ("model.hidden=0", "model.hidden"), ("train.n_base=12", "train.n_base"),
+                                           ("train.hinge.iterations=0", "train.hinge.iterations")])
 def test_config_values_out_of_range(capsys, tmp_path, override, key):
     out = tmp_path / "run"
     fails(capsys, ["train", TINY, "--out", out, "--quiet", "--set", override], key, str(TINY))

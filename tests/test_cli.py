@@ -3,13 +3,12 @@ import json
 
 import mdtraj
 import numpy as np
-import pytest
 import torch
 
 from molsample.cli import main
 from molsample.targets import load_target
 
-from conftest import FIXTURES, ROOT
+from conftest import ROOT
 
 
 def run(capsys, *argv):

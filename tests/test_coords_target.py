@@ -3,7 +3,6 @@ whitening from frames or from the force field, out-of-domain points get zero wei
 and the base's densities are exact."""
 import math
 
-import mdtraj
 import numpy as np
 import pytest
 import torch

@@ -11,7 +11,6 @@ from molsample.jacobian import step_log_volume, velocity_jacobian
 from molsample.nn.equivariant import EquivariantCore, molecule_types
 from molsample.targets import load_target
 
-from conftest import random_rotation
 
 
 def make_core(n, s, node_types=None, edge_types=None, dtype=torch.float64, seed=0, r_max=3.0):

@@ -3,13 +3,13 @@ import numpy as np
 import openmm
 import pytest
 import torch
-from openmm import app, unit
+from openmm import app
 
 from molsample.targets import (OpenMMEvaluator, SystemBuildError, TorchForceField, UnsupportedForceError,
                                load_target)
 from molsample.targets.forcefield import soft_floor
 
-from conftest import FIXTURES, ROOT, random_rotation
+from conftest import ROOT, random_rotation
 
 
 @pytest.fixture(scope="module", params=["aldp", "aldp-vacuum"])

@@ -1,7 +1,6 @@
 """One samples file format (molsample.io.save_samples): every file records its kind and schema version,
 files written before that still load by the one rule that tells them apart, and an ensemble built in memory
 equals the one read back from its file."""
-import json
 
 import numpy as np
 import pytest

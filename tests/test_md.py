@@ -18,7 +18,7 @@ def short(system="aldp", **kw):
 
 
 def test_short_md_writes_hdf5_with_energies_matching_the_target(tmp_path):
-    meta = run_md(short(), tmp_path / "md.h5", show_progress=False)
+    run_md(short(), tmp_path / "md.h5", show_progress=False)
     traj = mdtraj.load(str(tmp_path / "md.h5"))
     assert traj.n_frames == 200 and traj.n_atoms == 22
     e = np.load(tmp_path / "md.energies.npz")
@@ -34,7 +34,7 @@ def test_short_md_writes_hdf5_with_energies_matching_the_target(tmp_path):
 
 
 def test_resume_after_a_kill_neither_loses_nor_duplicates_frames(tmp_path):
-    full = run_md(short(ns=0.002), tmp_path / "a.h5", show_progress=False)
+    run_md(short(ns=0.002), tmp_path / "a.h5", show_progress=False)
     # simulate a kill: keep only the first chunk of a second, identical run, then resume it
     run_md(short(ns=0.002), tmp_path / "b.h5", show_progress=False)
     parts = sorted((tmp_path / "b.h5.parts" / "r0").glob("chunk_*.npz"))

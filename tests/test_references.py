@@ -11,7 +11,6 @@ from molsample.analysis.compare import MIN_INDEPENDENT_IN_STATE, md_independent_
 from molsample.analysis.ensembles import Ensemble, load_ensemble
 from molsample.analysis.reference import combine_estimates, pack_weighted
 from molsample.io import reference_method
-from molsample.cli import main
 from molsample.targets import load_target
 from molsample.targets.openmm_target import kt_kj_per_mol
 

@@ -1,7 +1,6 @@
 """Parallel tempering: the ladder, MBAR over temperatures against closed-form answers, kill -9 and
 resume, and clean errors on bad input."""
 import json
-import math
 import os
 import signal
 import subprocess

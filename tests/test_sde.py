@@ -12,7 +12,6 @@ def test_path_weights_are_exact_for_the_true_score_as_steps_shrink():
     # target = prior N(0, s0^2) (normalised, log Z = 0): the Langevin drift with NN = 0 is the exact
     # score, so the ELBO of the N-step path tends to log Z = 0 and its variance to 0 as N grows
     from molsample.sde import simulate_path
-    from molsample.targets import GaussianMixture
     s0 = 3.0
     target = GaussianMixture(n_modes=1, dim=4, means=[[0.0] * 4], std=s0)
     space, sched = Space((4,)), CosineSchedule(s0=s0)

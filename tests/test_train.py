@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from molsample import jacobian, losses, sde
+from molsample import jacobian, sde
 from molsample.cli import main
-from molsample.config import ConfigError, ExperimentConfig
+from molsample.config import TRAIN_KEYS_MOVED, ConfigError, ExperimentConfig
 from molsample.train import (CHECKPOINT, Trainer, TrainingDiverged, build, learning_rate, load_checkpoint,
                              make_trainer, train)
 
@@ -17,8 +17,9 @@ from conftest import ROOT
 TINY = ROOT / "configs" / "tiny-gmm.yaml"
 
 
-def tiny(iterations=8, **train_kw):
-    cfg = ExperimentConfig.load(TINY)
+def tiny(iterations=8, *sets, **train_kw):
+    """The tiny config; ``sets`` are --set strings (section.key=value), ``train_kw`` top-level train keys."""
+    cfg = ExperimentConfig.load(TINY, sets)
     return replace(cfg, train=replace(cfg.train, iterations=iterations, checkpoint_every=4, eval_every=4, **train_kw))
 
 
@@ -35,7 +36,7 @@ def test_resume_continues_bit_for_bit(tmp_path):
     train(tiny(8), tmp_path / "straight", progress=False)
     train(tiny(4), tmp_path / "split", progress=False)                # "killed" after 4 iterations
     with pytest.raises(ValueError, match="different config"):          # any key but the length is fixed
-        Trainer(build(tiny(8, lr=1e-4)), tmp_path / "split", progress=False).run(resume=True)
+        Trainer(build(tiny(8, "train.lr.value=1e-4")), tmp_path / "split", progress=False).run(resume=True)
     train(tiny(4), tmp_path / "split", progress=False, resume=True, iterations=8)   # extended to 8 iterations
     a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
     b = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
@@ -46,15 +47,15 @@ def test_resume_continues_bit_for_bit(tmp_path):
 
 
 def test_cosine_learning_rate_decays_and_resumes_after_a_kill(tmp_path):
-    cfg = tiny(8, lr_schedule="cosine", lr_decay_start=4, lr_final=1e-5)
-    lr, final = cfg.train.lr, cfg.train.lr_final
+    cfg = tiny(8, "train.lr.schedule=cosine", "train.lr.decay_start=4", "train.lr.final=1e-5")
+    lr, final = cfg.train.lr.value, cfg.train.lr.final
     values = [learning_rate(cfg.train, i) for i in range(9)]
-    assert values[:5] == [lr] * 5                                       # flat until lr_decay_start
+    assert values[:5] == [lr] * 5                                       # flat until lr.decay_start
     assert values[6] == pytest.approx((lr + final) / 2)                 # half-way through the half cosine
     assert values[8] == pytest.approx(final) and all(a > b for a, b in zip(values[4:], values[5:]))
-    assert learning_rate(tiny(8).train, 7) == tiny(8).train.lr          # default: constant
-    with pytest.raises(ConfigError, match="lr_final"):
-        tiny(8, lr_schedule="cosine", lr_final=1.0)
+    assert learning_rate(tiny(8).train, 7) == tiny(8).train.lr.value          # default: constant
+    with pytest.raises(ConfigError, match="lr.final"):
+        tiny(8, "train.lr.schedule=cosine", "train.lr.final=1.0")
 
     train(cfg, tmp_path / "straight", progress=False)
     logged = [json.loads(line)["lr"] for line in open(tmp_path / "straight" / "log.jsonl")]
@@ -135,7 +136,8 @@ def test_config_rejects_unknown_keys(tmp_path):
 def test_bijectivity_hinge_is_trained_and_logged(tmp_path, form, states):
     # a bound no step can meet: the hinge is active, finite and logged at every iteration
     bound = 1e-6 if form == "lipschitz" else 1e6
-    train(tiny(4, bij_weight=1.0, bij_form=form, bij_bound=bound, bij_states=states), tmp_path, progress=False)
+    train(tiny(4, "train.hinge.weight=1.0", f"train.hinge.form={form}", f"train.hinge.bound={bound}",
+               f"train.hinge.states={states}"), tmp_path, progress=False)
     logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(logs) == 4 and all(np.isfinite(r["bij"]) and r["bij"] > 0 for r in logs)
     assert all(("bij_max" if form == "lipschitz" else "bij_min") in r for r in logs)
@@ -195,8 +197,9 @@ def test_fine_tuning_stage_starts_from_an_earlier_run_and_logs_the_one_step_kl_a
     train(tiny(4), tmp_path / "first", progress=False)
     first = torch.load(tmp_path / "first" / CHECKPOINT, weights_only=False)
     # a monotonicity bound no step meets: the hinge on the KL batch's exact Jacobians is active
-    cfg = tiny(2, kl_weight=0.1, kl_batch=8, init_checkpoint=str(tmp_path / "first" / CHECKPOINT),
-               bij_weight=1.0, bij_form=form, bij_bound=1e6 if form == "monotone" else 1e-6)
+    cfg = tiny(2, "train.kl.weight=0.1", "train.kl.batch=8", "train.hinge.weight=1.0", f"train.hinge.form={form}",
+               f"train.hinge.bound={1e6 if form == 'monotone' else 1e-6}",
+               init_checkpoint=str(tmp_path / "first" / CHECKPOINT))
     trainer = Trainer(build(cfg), tmp_path / "second", progress=False)
     for name, value in trainer.exp.model.state_dict().items():
         assert torch.equal(value, first["ema"][name]), name
@@ -210,36 +213,64 @@ def test_keys_moved_from_data_to_train(tmp_path):
     # a checkpoint written when the one-step KL keys were data: keys still loads; a YAML config is told
     study = ROOT / "experiments" / "aldp-cartesian" / "aldp-data-kl.yaml"
     saved = ExperimentConfig.load(study).to_dict()
-    old = {**saved, "data": {**saved["data"], "kl_weight": 0.5, "init_checkpoint": ""},
-           "train": {k: v for k, v in saved["train"].items() if k not in ("kl_weight", "init_checkpoint")}}
+    train = {k: v for k, v in saved["train"].items() if k not in ("kl", "init_checkpoint")}
+    old = {**saved, "data": {**saved["data"], "kl_weight": 0.5, "kl_batch": 16, "init_checkpoint": ""}, "train": train}
     cfg = ExperimentConfig.from_saved(old, "old checkpoint")
-    assert cfg.train.kl_weight == 0.5 and cfg.train.init_checkpoint == "" and cfg.data.path == saved["data"]["path"]
+    assert cfg.train.kl.weight == 0.5 and cfg.train.kl.batch == 16 and cfg.train.init_checkpoint == ""
+    assert cfg.data.path == saved["data"]["path"] and cfg.train.kl.start == saved["train"]["kl"]["start"]
     bad = tmp_path / "c.yaml"
     bad.write_text(f"extends: {study}\ndata: {{kl_start: 5}}\n")
-    with pytest.raises(ConfigError, match=r"\['kl_start'\] belong under train"):
+    with pytest.raises(ConfigError, match=r"\['kl_start'\] belong under train: \(as train.kl.start"):
+        ExperimentConfig.load(bad)
+
+
+def test_flat_train_keys_of_earlier_versions(tmp_path):
+    """A checkpoint's flat train: mapping (sd_*, bij_*, kl_*, lr_*, a number under lr) is read into today's
+    sections, with the same values; the same keys in a YAML file are an error naming where each went."""
+    saved = ExperimentConfig.load(ROOT / "configs" / "mw54-h256-cos-bij1k-tail.yaml").to_dict()
+    train = saved["train"]
+    flat = {k: v for k, v in train.items() if k not in ("lr", "distill", "hinge", "kl")}
+    flat.update({old: train[sec][new] for old, (sec, new) in TRAIN_KEYS_MOVED.items()}, lr=train["lr"]["value"])
+    flat.update(kl_weight=0.25, energy_cap=50.0)
+    cfg = ExperimentConfig.from_saved({**saved, "train": flat}, "old checkpoint")
+    assert (cfg.train.lr.value, cfg.train.distill.ramp, cfg.train.hinge.prior_scale) == (2.5e-5, 1, 1.5)
+    assert cfg.train.kl.weight == 0.25 and cfg.train.kl.energy_cap == 50.0
+    expected = {**train, "kl": {**train["kl"], "weight": 0.25, "energy_cap": 50.0}}
+    assert cfg.to_dict()["train"] == expected
+    bad = tmp_path / "flat.yaml"
+    bad.write_text(f"extends: {TINY}\ntrain: {{sd_weight: 1.0, bij_bound: 0.1}}\n")
+    with pytest.raises(ConfigError, match=r"sd_weight -> train.distill.weight, bij_bound -> train.hinge.bound"):
+        ExperimentConfig.load(bad)
+    bad.write_text(f"extends: {TINY}\ntrain: {{lr: 1.0e-4}}\n")
+    with pytest.raises(ConfigError, match=r"train.lr is a section now .* lr: \{value: 0.0001\}"):
         ExperimentConfig.load(bad)
 
 
 def test_config_overrides_are_checked_like_the_file(tmp_path):
-    cfg = ExperimentConfig.load(TINY, ["train.kl_weight=0.1", "model.hidden=8", "data.path=frames.npz", "seed=3"])
-    assert cfg.train.kl_weight == 0.1 and cfg.model.hidden == 8 and cfg.data.path == "frames.npz" and cfg.seed == 3
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['kl_wieght'\]"):
-        ExperimentConfig.load(TINY, ["train.kl_wieght=0.1"])
+    cfg = ExperimentConfig.load(TINY, ["train.kl.weight=0.1", "model.hidden=8", "data.path=frames.npz", "seed=3"])
+    assert cfg.train.kl.weight == 0.1 and cfg.model.hidden == 8 and cfg.data.path == "frames.npz" and cfg.seed == 3
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['wieght'\]"):
+        ExperimentConfig.load(TINY, ["train.kl.wieght=0.1"])
     with pytest.raises(ConfigError, match="expected section.key=value"):
-        ExperimentConfig.load(TINY, ["train.kl_weight"])
+        ExperimentConfig.load(TINY, ["train.kl.weight"])
     with pytest.raises(ConfigError, match="'target' is not a section"):
         ExperimentConfig.load(TINY, ["target.x=1"])
-    with pytest.raises(ConfigError, match="key 'lr'"):
-        ExperimentConfig.load(TINY, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match="key 'value'"):
+        ExperimentConfig.load(TINY, ["train.lr.value=fast"])
     # YAML 1.1 reads exponents without a dot or sign as strings; a float key takes them as numbers
     for text, value in [("1e-4", 1e-4), ("1.0e6", 1e6), ("2E+3", 2e3)]:
-        assert ExperimentConfig.load(TINY, [f"train.lr={text}"]).train.lr == value
-    with pytest.raises(ConfigError, match=r"train.lr = -5.0: must be positive"):     # the range is checked too
-        ExperimentConfig.load(TINY, ["train.lr=-.5e1"])
-    with pytest.raises(ConfigError, match="key 'lr'"):
-        ExperimentConfig.load(TINY, ["train.lr=1e"])
+        assert ExperimentConfig.load(TINY, [f"train.lr.value={text}"]).train.lr.value == value
+    with pytest.raises(ConfigError, match=r"train.lr.value = -5.0: must be positive"):     # the range is checked too
+        ExperimentConfig.load(TINY, ["train.lr.value=-.5e1"])
+    with pytest.raises(ConfigError, match="key 'value'"):
+        ExperimentConfig.load(TINY, ["train.lr.value=1e"])
     with pytest.raises(ConfigError, match="key 'batch'"):
         ExperimentConfig.load(TINY, ["train.batch=1e3"])                # an int key stays strict
+    # a number where a section is: the override names the section's keys; a section given a number by default
+    with pytest.raises(ConfigError, match=r"train.distill is a section .* e.g. train.distill.batch="):
+        ExperimentConfig.load(TINY, ["train.distill=0.5"])            # the file has a distill: section
+    with pytest.raises(ConfigError, match=r"key 'hinge': expected a section \(a mapping of \['weight'"):
+        ExperimentConfig.load(TINY, ["train.hinge=1.0"])              # it has none: the default's is replaced
 
 
 def test_cli_train_sample_estimate(tmp_path, capsys):
@@ -286,10 +317,10 @@ def test_cli_train_sample_estimate(tmp_path, capsys):
 
 @pytest.mark.parametrize("config", ["tiny-gmm.yaml", "tiny-aldp-data.yaml"])
 def test_self_consistency_can_be_trained_at_the_samplers_states(tmp_path, config):
-    # sd_states: flow: every consistency loss and the hinge see the flow states, drawn once per iteration
+    # distill.states: flow: every consistency loss and the hinge see the flow states, drawn once per iteration
     cfg = ExperimentConfig.load(ROOT / "configs" / config,
-                                ["train.sd_start=0", "train.sd_states=flow", "train.bij_weight=1.0",
-                                 "train.bij_form=monotone", "train.bij_bound=1e6", "train.bij_states=flow"])
+                                ["train.distill.start=0", "train.distill.states=flow", "train.hinge.weight=1.0",
+                                 "train.hinge.form=monotone", "train.hinge.bound=1e6", "train.hinge.states=flow"])
     trainer = make_trainer(build(cfg), tmp_path, progress=False)
     drawn, seen = [], []
     real_states, real_losses = trainer.flow_states, trainer.consistency_losses
@@ -303,18 +334,18 @@ def test_self_consistency_can_be_trained_at_the_samplers_states(tmp_path, config
 
 
 def test_self_consistency_in_the_target_metric_is_trained_and_its_mean_weight_logged(tmp_path):
-    cfg = ExperimentConfig.load(TINY, ["train.sd_start=0", "train.sd_metric=target", "train.sd_metric_cap=50"])
+    cfg = ExperimentConfig.load(TINY, ["train.distill.start=0", "train.distill.metric=target", "train.distill.metric_cap=50"])
     trainer = make_trainer(build(cfg), tmp_path, progress=False)
     logs = trainer.step()
     assert np.isfinite(logs["sd"]) and 0.01 <= logs["sd_w"] <= 50
-    with pytest.raises(ConfigError, match="sd_metric_floor"):
-        ExperimentConfig.load(TINY, ["train.sd_metric=target", "train.sd_metric_floor=0"])
+    with pytest.raises(ConfigError, match="distill.metric_floor = 0.0"):
+        ExperimentConfig.load(TINY, ["train.distill.metric=target", "train.distill.metric_floor=0"])
 
 
 def test_half_the_hinge_states_can_start_from_a_wider_prior(tmp_path, monkeypatch):
-    cfg = ExperimentConfig.load(TINY, ["train.sd_start=0", "train.sd_states=flow", "train.bij_weight=1.0",
-                                       "train.bij_form=monotone", "train.bij_bound=1e6", "train.bij_states=flow",
-                                       "train.bij_prior_scale=3.0", "train.sd_batch=64"])
+    cfg = ExperimentConfig.load(TINY, ["train.distill.start=0", "train.distill.states=flow", "train.hinge.weight=1.0",
+                                       "train.hinge.form=monotone", "train.hinge.bound=1e6", "train.hinge.states=flow",
+                                       "train.hinge.prior_scale=3.0", "train.distill.batch=64"])
     trainer = make_trainer(build(cfg), tmp_path, progress=False)
     calls, hinged = [], []
     real_states = trainer.flow_states
@@ -329,13 +360,13 @@ def test_half_the_hinge_states_can_start_from_a_wider_prior(tmp_path, monkeypatc
     r = hinged[0].norm(dim=1)
     narrow, wide = r[:32][t[:32] == 0], r[32:][t[32:] == 0]
     assert len(narrow) > 3 and len(wide) > 3 and wide.mean() > 2 * narrow.mean()
-    with pytest.raises(ConfigError, match="bij_prior_scale"):
-        ExperimentConfig.load(TINY, ["train.bij_prior_scale=2.0", "train.bij_states=path"])
+    with pytest.raises(ConfigError, match="hinge.prior_scale"):
+        ExperimentConfig.load(TINY, ["train.hinge.prior_scale=2.0", "train.hinge.states=path"])
 
 
 def test_the_hinge_can_be_kept_to_the_coarse_steps(tmp_path, monkeypatch):
-    base = ["train.sd_start=0", "train.bij_weight=1.0", "train.bij_form=monotone", "train.bij_bound=1e6",
-            "train.sd_batch=64"]
+    base = ["train.distill.start=0", "train.hinge.weight=1.0", "train.hinge.form=monotone", "train.hinge.bound=1e6",
+            "train.distill.batch=64"]
     seen = []
     real_mono = jacobian.step_monotonicity
     monkeypatch.setattr(jacobian, "step_monotonicity",
@@ -343,14 +374,14 @@ def test_the_hinge_can_be_kept_to_the_coarse_steps(tmp_path, monkeypatch):
     cfg = ExperimentConfig.load(TINY, base)
     make_trainer(build(cfg), tmp_path / "all", progress=False).step()
     assert (seen[-1] < 0.5).any() and len(seen[-1]) == 64                  # all step sizes by default
-    cfg = ExperimentConfig.load(TINY, base + ["train.bij_min_step=0.5"])
+    cfg = ExperimentConfig.load(TINY, base + ["train.hinge.min_step=0.5"])
     logs = make_trainer(build(cfg), tmp_path / "coarse", progress=False).step()
     assert len(seen) == 2 and 0 < len(seen[-1]) < 64 and (seen[-1] >= 0.5).all() and logs["bij"] > 0
-    cfg = ExperimentConfig.load(TINY, base + ["train.bij_min_step=2.0"])    # no step that large: no hinge term
+    cfg = ExperimentConfig.load(TINY, base + ["train.hinge.min_step=2.0"])    # no step that large: no hinge term
     logs = make_trainer(build(cfg), tmp_path / "none", progress=False).step()
     assert len(seen) == 2 and "bij" not in logs and np.isfinite(logs["loss"])
     # at the sampler's states, only the kept rows are advanced
-    cfg = ExperimentConfig.load(TINY, base + ["train.bij_min_step=0.5", "train.bij_states=flow"])
+    cfg = ExperimentConfig.load(TINY, base + ["train.hinge.min_step=0.5", "train.hinge.states=flow"])
     trainer = make_trainer(build(cfg), tmp_path / "flow", progress=False)
     advanced, real_states = [], trainer.flow_states
     trainer.flow_states = lambda t, d, scale=1.0: advanced.append(d.clone()) or real_states(t, d, scale)
@@ -360,7 +391,7 @@ def test_the_hinge_can_be_kept_to_the_coarse_steps(tmp_path, monkeypatch):
 
 def test_per_loss_clipping_adds_the_separately_clipped_gradients(tmp_path):
     # clip_per_loss: .grad = clip(grad base) + clip(grad distillation), each to norm grad_clip
-    trainer = Trainer(build(tiny(4, sd_start=0, sd_ramp=1, clip_per_loss=True, grad_clip=1e-3)), tmp_path,
+    trainer = Trainer(build(tiny(4, "train.distill.start=0", "train.distill.ramp=1", clip_per_loss=True, grad_clip=1e-3)), tmp_path,
                       progress=False)
     params = list(trainer.exp.model.parameters())
     base, rest, logs = trainer.losses()
@@ -378,7 +409,7 @@ def test_per_loss_clipping_adds_the_separately_clipped_gradients(tmp_path):
     assert trainer.clipped_sum_of_gradients((base, rest), ("grad_base", "grad_rest"), logs)
     for p, e in zip(params, expected):
         assert torch.allclose(p.grad, e, rtol=1e-4, atol=1e-9)
-    state = train(tiny(4, sd_start=0, clip_per_loss=True), tmp_path / "run", progress=False)
+    state = train(tiny(4, "train.distill.start=0", clip_per_loss=True), tmp_path / "run", progress=False)
     logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert state.iteration == 4 and all(r["grad_base"] > 0 and r["grad_rest"] > 0 for r in logs)
 

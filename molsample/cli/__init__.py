@@ -36,7 +36,7 @@ def _model_commands(sub) -> None:
     p.add_argument("--iterations", type=positive_int,
                    help="override train.iterations (on --resume: default the run's own target)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config key (repeatable), e.g. --set train.kl_weight=0.1")
+                   help="override a config key (repeatable), e.g. --set train.kl.weight=0.1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _processes(p, "data-parallel training on N processes of this machine (torch.distributed; gloo on the CPU, one "
                   "GPU per process with --device cuda); the global batch is split over them")

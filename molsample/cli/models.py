@@ -50,7 +50,8 @@ def _cmd_train(args) -> int:
         raise ValueError(f"--device {args.device}: the internal-coordinate route trains on the CPU for now")
     if args.nproc > 1:                   # checked once here, before any rank starts
         batches = {"train.batch": cfg.train.batch} if internal else \
-            {"train.batch": cfg.train.batch, "train.sd_batch": cfg.train.sd_batch, "train.kl_batch": cfg.train.kl_batch}
+            {"train.batch": cfg.train.batch, "train.distill.batch": cfg.train.distill.batch,
+             "train.kl.batch": cfg.train.kl.batch}
         for key, value in batches.items():
             distributed.Group(0, args.nproc).split(value, key)
         if not args.resume and (Path(out) / "checkpoint.pt").is_file():
