@@ -213,6 +213,12 @@ def test_shipped_cartesian_model_loads_and_is_small():
     assert path.is_file() and path.stat().st_size < 5e6
     exp, ckpt = load_checkpoint(path)
     assert exp.target.name == "aldp" and exp.route == "data" and ckpt["state"]["iteration"] > 0
+    flat = ckpt["config"]["train"]          # written before train: had sections: its flat keys are read into them
+    assert "sd_weight" in flat and isinstance(flat["lr"], float)
+    train, old_data = exp.config.train, ckpt["config"]["data"]     # (its KL keys were data: keys then)
+    assert (train.lr.value, train.distill.weight, train.distill.batch, train.distill.ramp, train.distill.volume_weight,
+            train.kl.weight, train.kl.batch) == (flat["lr"], flat["sd_weight"], flat["sd_batch"], flat["sd_ramp"],
+                                                 flat["vol_weight"], old_data["kl_weight"], old_data["kl_batch"])
     x = exp.prior.sample(4, torch.Generator().manual_seed(0), dtype=exp.dtype)
     with torch.no_grad():
         y = x + exp.velocity()(x, 0.0, 1.0)
