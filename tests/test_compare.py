@@ -1,14 +1,14 @@
-"""`molsample compare`: errors, chirality folding, MD -> compare pipeline, clear failures."""
+"""molsample.analysis.compare and `molsample compare`: state free energies and their errors, MD -> compare
+pipeline, particle systems, clear failures."""
 import json
 import math
 
-import mdtraj
 import numpy as np
 import pytest
 import torch
 
 from molsample.analysis.compare import _md_fraction, _weighted_fraction, delta_f_from_fraction
-from molsample.analysis.ensembles import chirality_signs, fold_to_l, load_ensemble
+from molsample.analysis.ensembles import load_ensemble
 from molsample.cli import main
 from molsample.md import MDSettings, run_md
 from molsample.targets import load_target
@@ -36,20 +36,6 @@ def test_md_error_uses_the_statistical_inefficiency():
     sticky = np.repeat(iid[:2000], 10)                        # each value held for 10 frames
     _, dp_sticky = _md_fraction(sticky, [20_000])
     assert dp_sticky > 2.5 * dp
-
-
-def test_folding_d_onto_l_restores_dihedrals():
-    target = load_target("aldp")
-    x = np.asarray(target.positions)[None]
-    mirror = -x
-    assert chirality_signs(x, target.topology)[0, 0] > 0 > chirality_signs(mirror, target.topology)[0, 0]
-    folded, log_w, frac, removed = fold_to_l(np.concatenate([x, mirror]), target.topology, np.array([0.1, 0.2]))
-    traj = lambda y: mdtraj.Trajectory(y.astype(np.float32), target.topology)
-    assert frac == 0.5 and removed == 0.0 and np.allclose(log_w, [0.1, 0.2])
-    phi_ref = mdtraj.compute_phi(traj(x))[1][0, 0]
-    phi_mirror = mdtraj.compute_phi(traj(mirror))[1][0, 0]
-    assert phi_mirror == pytest.approx(-phi_ref, abs=1e-5)
-    assert np.allclose(mdtraj.compute_phi(traj(folded))[1][:, 0], phi_ref, atol=1e-5)
 
 
 def test_md_file_into_compare_and_clear_errors(tmp_path, capsys):
@@ -134,48 +120,3 @@ def test_lj_dem_convention_energy_distance_is_the_pair_part_doubled(tmp_path):
     ud, ux = dem.energy(torch.as_tensor(y)).numpy(), dem.energy(torch.as_tensor(x)).numpy()
     from molsample.analysis.stats import wasserstein_1d
     assert np.isclose(m["dem_convention"]["energy_w1"], wasserstein_1d(ux, ud))
-
-
-def test_shipped_md_reference_is_consistent():
-    from conftest import ROOT
-    path = ROOT / "systems/aldp/reference/aldp_md_2x50ns.npz"
-    assert path.stat().st_size < 5e6
-    target = load_target("aldp")
-    ens = load_ensemble([path], target)
-    assert ens.kind == "md" and ens.segments == [50_000, 50_000] and len(ens.phi) == 100_000
-    rows = np.load(path)["frames_row"]
-    u = target.energy(torch.as_tensor(ens.x[:200], dtype=torch.float64)).numpy()
-    assert np.allclose(u, ens.energy[rows[:200]], atol=2e-3)          # stored energies belong to the frames
-    phi = mdtraj.compute_phi(mdtraj.Trajectory(ens.x[:200].astype(np.float32), target.topology))[1][:, 0]
-    assert np.allclose(phi, ens.phi[rows[:200]], atol=1e-4)
-
-
-@pytest.mark.parametrize("name", ["aldp_umbrella_phi_36x2ns.npz", "aldp_umbrella_2d_30x18.npz", "aldp_pt_2x4ns.npz",
-                                  "aldp-vacuum_umbrella_2d_30x18.npz", "aldp-vacuum_pt_2x2ns.npz"])
-def test_shipped_umbrella_reference_is_consistent(name):
-    from conftest import ROOT
-    from molsample.analysis.compare import fraction
-    path = ROOT / "systems/aldp/reference" / name
-    assert path.stat().st_size < 5e6
-    system = "aldp-vacuum" if name.startswith("aldp-vacuum") else "aldp"
-    ens = load_ensemble([path], load_target(system))
-    assert ens.kind in ("umbrella", "replica-exchange") and abs(np.exp(ens.angle_log_w).sum() - 1) < 1e-9
-    # the subsampled, reweighted angles reproduce the MBAR estimates of the full runs
-    from molsample.analysis.basins import basin_indicators, phi_positive
-    p, _ = fraction(ens, phi_positive(ens.phi))
-    ref = ens.external["p_phi_positive"]
-    assert abs(p - ref["value"]) < 3 * ref["stderr"] + 1e-3
-    ind = basin_indicators(ens.phi, ens.psi)
-    for b, est in ens.external["basins"].items():
-        assert abs(fraction(ens, ind[b])[0] - est["value"]) < 3 * est["stderr"] + 2e-3, b
-    # the weighted conformations are Boltzmann-distributed: their phi > 0 share matches too (looser: 8000 frames;
-    # replica exchange keeps the frames of the 300 K replica alone, a correlated series, so only umbrella files)
-    if ens.kind != "umbrella":
-        return
-    with np.load(path) as d:
-        w = np.exp(d["frames_log_w"] - d["frames_log_w"].max())
-        x = d["frames_xyz"]
-    import mdtraj
-    phi = mdtraj.compute_phi(mdtraj.Trajectory(x, load_target(system).topology))[1][:, 0]
-    pf = float((w * phi_positive(phi)).sum() / w.sum())
-    assert abs(pf - ref["value"]) < max(0.3 * ref["value"], 0.004)

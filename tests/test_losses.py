@@ -1,15 +1,20 @@
-"""The consistency losses against the exact and Euler linear flows, the energy-Hessian diagonal and the
-marginal precision against closed forms."""
+"""molsample.losses: the consistency losses against the exact and Euler linear flows, the energy-Hessian diagonal
+and the marginal precision against closed forms; flow matching; the one-step reverse KL and its energy cap."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from molsample.flow import CosineSchedule, Prior, Space, pf_step
+from molsample import losses
+from molsample.flow import CosineSchedule, DirectVelocity, Prior, Space, pf_step
 from molsample.losses import energy_hessian_diagonal, marginal_precision, self_consistency, volume_consistency
 from molsample.targets import Funnel, GaussianMixture
 from molsample.testing import EulerLinearFlow, ExactLinearFlow
+
+from conftest import ROOT
+
+TINY = ROOT / "configs" / "tiny-aldp-data.yaml"
 
 SCHED = CosineSchedule(s0=2.0)
 
@@ -93,3 +98,41 @@ def test_self_consistency_of_a_step_independent_euler_drift_is_second_order():
         errs.append(math.sqrt(self_consistency(EulerLinearFlow(SCHED), EulerLinearFlow(SCHED), x, t, dd)[0].item()))
     order = np.polyfit(np.log([0.25, 0.125, 0.0625, 0.03125]), np.log(errs), 1)[0]
     assert min(errs) > 0 and abs(order - 2.0) < 0.1
+
+
+def test_flow_matching_loss_is_zero_for_the_exact_conditional_velocity():
+    # with a single data point x1 and a point-mass coupling, the exact velocity field is (x1 - x_t) / (1 - t)
+    x1 = torch.randn(1, 5, dtype=torch.float64).expand(8, 5)
+    x0 = torch.randn(8, 5, dtype=torch.float64)
+    t = torch.rand(8, dtype=torch.float64) * 0.9
+    exact = DirectVelocity(lambda x, tt, d: (x1 - x) / (1 - tt[:, None]))
+    assert losses.flow_matching_loss(exact, x0, x1, t, 0.1) < 1e-24
+    assert losses.flow_matching_loss(DirectVelocity(lambda x, tt, d: 0 * x), x0, x1, t, 0.1) > 0.1
+
+
+def test_one_step_reverse_kl_uses_the_exact_weights_of_the_sampler():
+    from molsample.build import build
+    from molsample.config import ExperimentConfig
+    from molsample.sampler import integrate
+    exp = build(ExperimentConfig.load(TINY))
+    exp = type(exp)(**{**vars(exp), "model": exp.model.double(), "dtype": torch.float64})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in exp.model.out.parameters():
+            p.copy_(0.02 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    x0 = exp.prior.sample(6, g, dtype=torch.float64)
+    loss, log_w, step = losses.one_step_reverse_kl(exp.velocity(), exp.prior, exp.target, x0, cap=1e30)
+    x, log_q, bad, *_ = integrate(exp.velocity(), exp.prior, x0, 1, "exact")
+    u = exp.target.energy(x)
+    assert torch.allclose(log_w, -u - log_q, rtol=1e-9, atol=1e-7)
+    assert torch.isclose(loss, (u + log_q).mean(), rtol=1e-9)
+    loss.backward()
+    grads = [p.grad for p in exp.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_regularised_energy_caps_smoothly():
+    u = torch.tensor([-5.0, 10.0, 1e3, 1e8], dtype=torch.float64)
+    r = losses.regularised_energy(u, 100.0)
+    assert torch.equal(r[:2], u[:2]) and torch.isclose(r[2], 100 + torch.log1p(torch.tensor(900.0, dtype=torch.float64)))
+    assert r[3] < 120

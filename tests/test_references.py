@@ -3,8 +3,10 @@ over independent runs, the 'not sampled' rule for plain MD, and the systems' def
 import json
 import math
 
+import mdtraj
 import numpy as np
 import pytest
+import torch
 
 from molsample.analysis.basins import BASINS, basin_indicators, phi_positive
 from molsample.analysis.compare import MIN_INDEPENDENT_IN_STATE, md_independent_in_state, state_estimates
@@ -173,3 +175,46 @@ def test_a_packed_reference_extended_by_more_runs_keeps_every_run_and_their_mean
     assert abs(np.logaddexp.reduce(two["log_w"])) < 1e-12
     with pytest.raises(ValueError, match="not 'replica-exchange'"):
         pack_weighted("replica-exchange", [src], target, tmp_path / "bad.npz")
+
+
+def test_shipped_md_reference_is_consistent():
+    path = ROOT / "systems/aldp/reference/aldp_md_2x50ns.npz"
+    assert path.stat().st_size < 5e6
+    target = load_target("aldp")
+    ens = load_ensemble([path], target)
+    assert ens.kind == "md" and ens.segments == [50_000, 50_000] and len(ens.phi) == 100_000
+    rows = np.load(path)["frames_row"]
+    u = target.energy(torch.as_tensor(ens.x[:200], dtype=torch.float64)).numpy()
+    assert np.allclose(u, ens.energy[rows[:200]], atol=2e-3)          # stored energies belong to the frames
+    phi = mdtraj.compute_phi(mdtraj.Trajectory(ens.x[:200].astype(np.float32), target.topology))[1][:, 0]
+    assert np.allclose(phi, ens.phi[rows[:200]], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["aldp_umbrella_phi_36x2ns.npz", "aldp_umbrella_2d_30x18.npz", "aldp_pt_2x4ns.npz",
+                                  "aldp-vacuum_umbrella_2d_30x18.npz", "aldp-vacuum_pt_2x2ns.npz"])
+def test_shipped_umbrella_reference_is_consistent(name):
+    from molsample.analysis.compare import fraction
+    path = ROOT / "systems/aldp/reference" / name
+    assert path.stat().st_size < 5e6
+    system = "aldp-vacuum" if name.startswith("aldp-vacuum") else "aldp"
+    ens = load_ensemble([path], load_target(system))
+    assert ens.kind in ("umbrella", "replica-exchange") and abs(np.exp(ens.angle_log_w).sum() - 1) < 1e-9
+    # the subsampled, reweighted angles reproduce the MBAR estimates of the full runs
+    from molsample.analysis.basins import basin_indicators, phi_positive
+    p, _ = fraction(ens, phi_positive(ens.phi))
+    ref = ens.external["p_phi_positive"]
+    assert abs(p - ref["value"]) < 3 * ref["stderr"] + 1e-3
+    ind = basin_indicators(ens.phi, ens.psi)
+    for b, est in ens.external["basins"].items():
+        assert abs(fraction(ens, ind[b])[0] - est["value"]) < 3 * est["stderr"] + 2e-3, b
+    # the weighted conformations are Boltzmann-distributed: their phi > 0 share matches too (looser: 8000 frames;
+    # replica exchange keeps the frames of the 300 K replica alone, a correlated series, so only umbrella files)
+    if ens.kind != "umbrella":
+        return
+    with np.load(path) as d:
+        w = np.exp(d["frames_log_w"] - d["frames_log_w"].max())
+        x = d["frames_xyz"]
+    import mdtraj
+    phi = mdtraj.compute_phi(mdtraj.Trajectory(x, load_target(system).topology))[1][:, 0]
+    pf = float((w * phi_positive(phi)).sum() / w.sum())
+    assert abs(pf - ref["value"]) < max(0.3 * ref["value"], 0.004)
