@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -120,7 +119,8 @@ def run_quickstart(checkpoint: str | Path | None = None, out_dir: str | Path = "
     samples = out / "samples.npz"
     save_samples(samples, "samples", meta, x=x[:m].double().cpu().numpy(), log_q=log_q.double().cpu().numpy(),
                  log_w=log_w.double().cpu().numpy(), log_prob=log_prob.double().cpu().numpy())
-    np.savez_compressed(out / "raw_all.npz", xyz=x.float().cpu().numpy())
+    save_samples(out / "raw_all.npz", "positions", {"system": exp.target.name, "n": n}, compressed=True,
+                 xyz=x.float().cpu().numpy())
     sample = Ensemble.from_samples(x[:m].double(), log_w.double(), exp.target, "one-step sampler")
     sections = _comparisons(sample, exp.target, out)
     total = time.perf_counter() - t_start

@@ -4,6 +4,7 @@ import json
 import numpy as np
 
 from molsample.cli import main
+from molsample.io import samples_kind
 
 from conftest import ROOT
 
@@ -21,6 +22,8 @@ def test_quickstart_pipeline_on_a_tiny_checkpoint(tmp_path, capsys):
     assert meta["n_drawn"] == 600 and meta["n"] == 512            # the minimum, rounded up to whole batches
     with np.load(out / "samples.npz") as z:
         assert z["x"].shape == (512, 22, 3) and np.isfinite(z["log_q"]).all()
+    with np.load(out / "raw_all.npz") as z:                 # every draw, weighted or not, as positions
+        assert samples_kind(z) == "positions" and z["xyz"].shape == (600, 22, 3)
     report = (out / "report.md").read_text()
     assert "exact importance weights for 512" in report and "vs_md/" in report and "vs_reference/" in report
     assert (out / "vs_md" / "metrics.json").is_file() and (out / "vs_reference" / "metrics.json").is_file()
