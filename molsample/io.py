@@ -276,7 +276,7 @@ def read_pdb(path: str | Path):
 # ------------------------------------------------------------------ samples files
 
 SAMPLES_SCHEMA = 1
-SAMPLE_KINDS = ("samples", "positions", "mcmc", "umbrella", "umbrella-window", "replica-exchange", "reference", "md-energies")
+SAMPLE_KINDS = ("samples", "positions", "mcmc", "umbrella", "umbrella-window", "replica-exchange", "reference", "md-energies", "md-chunk")
 
 
 def save_samples(path: str | Path, kind: str, meta: dict | None = None, compressed: bool = False,
@@ -285,7 +285,8 @@ def save_samples(path: str | Path, kind: str, meta: dict | None = None, compress
     ``meta`` record, to a temporary file beside ``path`` renamed over it (never half-written).
 
     kind 'samples' (a sampler's output) holds x (M, N, s) nm (or reduced units), log_q (M,) and log_w (M,);
-    'positions' holds xyz (unweighted conformations); 'mcmc' holds xyz and energy; the reference kinds hold what their writers document."""
+    'positions' holds xyz (unweighted conformations); 'md-chunk' a resumable MD run's frames (xyz, energy) and
+    the OpenMM checkpoint after them; 'mcmc' holds xyz and energy; the reference kinds hold what their writers document."""
     import json
     import os
     if kind not in SAMPLE_KINDS:

@@ -127,12 +127,6 @@ def _energy(ctx) -> float:
     return ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
 
 
-def _atomic_savez(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
 _STOP = None          # in a replica's worker process: the event the parent sets on Ctrl-C
 
 
@@ -205,7 +199,7 @@ def run_replica(settings: MDSettings, replica: int, parts: Path, show_progress: 
         if m == 0:
             break
         checkpoint = np.frombuffer(ctx.createCheckpoint(), dtype=np.uint8)
-        _atomic_savez(parts / f"chunk_{done:09d}.npz", xyz=xyz, energy=energy, checkpoint=checkpoint)
+        save_samples(parts / f"chunk_{done:09d}.npz", "md-chunk", xyz=xyz, energy=energy, checkpoint=checkpoint)
         done += m
     bar.close()
     # production wall time summed over runs (a resumed run adds its own)
