@@ -105,17 +105,9 @@ def parameters_from_system(system) -> ForceFieldParameters:
     UnsupportedForceError
         For a force type, nonbonded method or option the torch force field does not implement.
     """
-    import openmm
-    from openmm import unit
-
     n = system.getNumParticles()
-    bonds, angles, torsions = [], [], []
-    charges = np.zeros(n)
-    sig = np.zeros(n)
-    eps = np.zeros(n)
-    have_nb = False
-    exceptions = {}
-    gb = None
+    terms = {"HarmonicBondForce": [], "HarmonicAngleForce": [], "PeriodicTorsionForce": []}
+    nonbonded, gb = None, None
     if system.getNumConstraints() > 0:
         raise UnsupportedForceError(f"the System has {system.getNumConstraints()} constraints; "
                                     "build it with constraints=None (the sampler moves every atom)")
@@ -127,65 +119,18 @@ def parameters_from_system(system) -> ForceFieldParameters:
             raise UnsupportedForceError(
                 f"OpenMM force {name} is not implemented by the torch force field "
                 f"(supported: {', '.join(SUPPORTED_FORCES)}; skipped: {', '.join(SKIPPED_FORCES)})")
-        if name == "HarmonicBondForce":
-            for b in range(force.getNumBonds()):
-                i, j, r0, k = force.getBondParameters(b)
-                bonds.append((i, j, r0.value_in_unit(unit.nanometer),
-                              k.value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2)))
-        elif name == "HarmonicAngleForce":
-            for a in range(force.getNumAngles()):
-                i, j, k_, th, k = force.getAngleParameters(a)
-                angles.append((i, j, k_, th.value_in_unit(unit.radian),
-                               k.value_in_unit(unit.kilojoule_per_mole / unit.radian**2)))
-        elif name == "PeriodicTorsionForce":
-            for t in range(force.getNumTorsions()):
-                i, j, k_, l, per, ph, k = force.getTorsionParameters(t)
-                torsions.append((i, j, k_, l, per, ph.value_in_unit(unit.radian),
-                                 k.value_in_unit(unit.kilojoule_per_mole)))
+        if name in terms:
+            terms[name] += _bonded_terms(force, name)
         elif name == "NonbondedForce":
-            if force.getNonbondedMethod() != openmm.NonbondedForce.NoCutoff:
-                raise UnsupportedForceError(
-                    "NonbondedForce with nonbonded method "
-                    f"{force.getNonbondedMethod()} is not supported; only NoCutoff is implemented")
-            if force.getNumParticleParameterOffsets() or force.getNumExceptionParameterOffsets():
-                raise UnsupportedForceError("NonbondedForce parameter offsets are not supported")
-            have_nb = True
-            for i in range(n):
-                q, s, e = force.getParticleParameters(i)
-                charges[i] = q.value_in_unit(unit.elementary_charge)
-                sig[i] = s.value_in_unit(unit.nanometer)
-                eps[i] = e.value_in_unit(unit.kilojoule_per_mole)
-            for x in range(force.getNumExceptions()):
-                i, j, qq, s, e = force.getExceptionParameters(x)
-                exceptions[(min(i, j), max(i, j))] = (
-                    qq.value_in_unit(unit.elementary_charge**2), s.value_in_unit(unit.nanometer),
-                    e.value_in_unit(unit.kilojoule_per_mole))
+            nonbonded = _nonbonded_parameters(force, n)
         elif name == "GBSAOBCForce":
-            if force.getNonbondedMethod() != openmm.GBSAOBCForce.NoCutoff:
-                raise UnsupportedForceError("GBSAOBCForce is only supported with NoCutoff")
-            gb = force
+            gb = _gb_parameters(force, n)
     iu, ju = np.triu_indices(n, k=1)
-    qq = charges[iu] * charges[ju] if have_nb else np.zeros(len(iu))
-    s_pair = 0.5 * (sig[iu] + sig[ju])
-    e_pair = np.sqrt(eps[iu] * eps[ju])
-    index = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(iu, ju))}
-    for key, (q2, s, e) in exceptions.items():
-        k = index[key]
-        qq[k], s_pair[k], e_pair[k] = q2, s, e
-    gbq, gbr, gbs = np.zeros(0), np.zeros(0), np.zeros(0)
-    pref, sa = 0.0, 0.0
-    if gb is not None:
-        vals = np.array([gb.getParticleParameters(i) for i in range(n)], dtype=object)
-        gbq = np.array([v.value_in_unit(unit.elementary_charge) for v in vals[:, 0]])
-        gbr = np.array([v.value_in_unit(unit.nanometer) for v in vals[:, 1]])
-        gbs = np.array([float(v) for v in vals[:, 2]])
-        eps_in, eps_out = gb.getSoluteDielectric(), gb.getSolventDielectric()
-        pref = -ONE_4PI_EPS0 * (1.0 / eps_in - 1.0 / eps_out) if eps_in and eps_out else 0.0
-        sa = 4 * math.pi * gb.getSurfaceAreaEnergy().value_in_unit(
-            unit.kilojoule_per_mole / unit.nanometer**2)
-    b = np.array(bonds, dtype=float).reshape(-1, 4)
-    a = np.array(angles, dtype=float).reshape(-1, 5)
-    t = np.array(torsions, dtype=float).reshape(-1, 7)
+    qq, s_pair, e_pair = _pair_parameters(nonbonded, n, iu, ju)
+    gbq, gbr, gbs, pref, sa = gb if gb is not None else (np.zeros(0), np.zeros(0), np.zeros(0), 0.0, 0.0)
+    b = np.array(terms["HarmonicBondForce"], dtype=float).reshape(-1, 4)
+    a = np.array(terms["HarmonicAngleForce"], dtype=float).reshape(-1, 5)
+    t = np.array(terms["PeriodicTorsionForce"], dtype=float).reshape(-1, 7)
     return ForceFieldParameters(
         bond_idx=_t(b[:, :2], torch.int64, (0, 2)), bond_k=_t(b[:, 3]), bond_r0=_t(b[:, 2]),
         angle_idx=_t(a[:, :3], torch.int64, (0, 3)), angle_k=_t(a[:, 4]), angle_theta0=_t(a[:, 3]),
@@ -196,6 +141,78 @@ def parameters_from_system(system) -> ForceFieldParameters:
         gb_charge=_t(gbq), gb_radius=_t(gbr), gb_scale=_t(gbs),
         gb_prefactor=torch.tensor(pref, dtype=torch.float64),
         gb_sa_energy=torch.tensor(sa, dtype=torch.float64))
+
+
+def _bonded_terms(force, name: str) -> list[tuple]:
+    """Rows (atoms..., parameters) of a harmonic bond or angle force or a periodic torsion force, in nm, rad and
+    kJ/mol."""
+    from openmm import unit
+    kj = unit.kilojoule_per_mole
+    if name == "HarmonicBondForce":
+        return [(i, j, r0.value_in_unit(unit.nanometer), k.value_in_unit(kj / unit.nanometer**2))
+                for i, j, r0, k in map(force.getBondParameters, range(force.getNumBonds()))]
+    if name == "HarmonicAngleForce":
+        return [(i, j, k_, th.value_in_unit(unit.radian), k.value_in_unit(kj / unit.radian**2))
+                for i, j, k_, th, k in map(force.getAngleParameters, range(force.getNumAngles()))]
+    return [(i, j, k_, l, per, ph.value_in_unit(unit.radian), k.value_in_unit(kj))
+            for i, j, k_, l, per, ph, k in map(force.getTorsionParameters, range(force.getNumTorsions()))]
+
+
+def _nonbonded_parameters(force, n: int):
+    """Per-particle charges (e), sigma (nm), epsilon (kJ/mol) and the exceptions {(i, j): (qq, sigma, eps)} of a
+    NoCutoff NonbondedForce."""
+    import openmm
+    from openmm import unit
+    if force.getNonbondedMethod() != openmm.NonbondedForce.NoCutoff:
+        raise UnsupportedForceError(
+            "NonbondedForce with nonbonded method "
+            f"{force.getNonbondedMethod()} is not supported; only NoCutoff is implemented")
+    if force.getNumParticleParameterOffsets() or force.getNumExceptionParameterOffsets():
+        raise UnsupportedForceError("NonbondedForce parameter offsets are not supported")
+    charges, sig, eps = np.zeros(n), np.zeros(n), np.zeros(n)
+    for i in range(n):
+        q, s, e = force.getParticleParameters(i)
+        charges[i] = q.value_in_unit(unit.elementary_charge)
+        sig[i] = s.value_in_unit(unit.nanometer)
+        eps[i] = e.value_in_unit(unit.kilojoule_per_mole)
+    exceptions = {}
+    for x in range(force.getNumExceptions()):
+        i, j, qq, s, e = force.getExceptionParameters(x)
+        exceptions[(min(i, j), max(i, j))] = (
+            qq.value_in_unit(unit.elementary_charge**2), s.value_in_unit(unit.nanometer),
+            e.value_in_unit(unit.kilojoule_per_mole))
+    return charges, sig, eps, exceptions
+
+
+def _pair_parameters(nonbonded, n: int, iu, ju):
+    """Charge products, Lorentz-Berthelot sigma and epsilon of every pair i < j, exceptions applied (no
+    NonbondedForce: zero charges and Lennard-Jones)."""
+    charges, sig, eps, exceptions = nonbonded if nonbonded is not None else (None, np.zeros(n), np.zeros(n), {})
+    qq = charges[iu] * charges[ju] if charges is not None else np.zeros(len(iu))
+    s_pair = 0.5 * (sig[iu] + sig[ju])
+    e_pair = np.sqrt(eps[iu] * eps[ju])
+    index = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(iu, ju))}
+    for key, (q2, s, e) in exceptions.items():
+        k = index[key]
+        qq[k], s_pair[k], e_pair[k] = q2, s, e
+    return qq, s_pair, e_pair
+
+
+def _gb_parameters(gb, n: int):
+    """Per-particle OBC charges, radii and scale factors, the GB prefactor and the surface-area energy of a
+    NoCutoff GBSAOBCForce."""
+    import openmm
+    from openmm import unit
+    if gb.getNonbondedMethod() != openmm.GBSAOBCForce.NoCutoff:
+        raise UnsupportedForceError("GBSAOBCForce is only supported with NoCutoff")
+    vals = np.array([gb.getParticleParameters(i) for i in range(n)], dtype=object)
+    gbq = np.array([v.value_in_unit(unit.elementary_charge) for v in vals[:, 0]])
+    gbr = np.array([v.value_in_unit(unit.nanometer) for v in vals[:, 1]])
+    gbs = np.array([float(v) for v in vals[:, 2]])
+    eps_in, eps_out = gb.getSoluteDielectric(), gb.getSolventDielectric()
+    pref = -ONE_4PI_EPS0 * (1.0 / eps_in - 1.0 / eps_out) if eps_in and eps_out else 0.0
+    sa = 4 * math.pi * gb.getSurfaceAreaEnergy().value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2)
+    return gbq, gbr, gbs, pref, sa
 
 
 def _dot(a, b):
