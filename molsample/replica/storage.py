@@ -96,9 +96,7 @@ def run_pt_system(system, positions: np.ndarray, settings: PTSettings, work: str
 
     ``positions`` (N, 3) nm start every replica. Returns the progress record of the newest snapshot.
     """
-    from openmm import unit
-
-    cache, mcmc, multistate, states = _import_openmmtools()
+    cache, _, multistate, _ = _import_openmmtools()
     work = Path(work)
     snap = latest_snapshot(work)
     if snap is not None and not resume:
@@ -120,63 +118,18 @@ def run_pt_system(system, positions: np.ndarray, settings: PTSettings, work: str
         if snap is None:
             for name in (STORAGE, CHECKPOINT):                 # a start that never reached a snapshot
                 (work / name).unlink(missing_ok=True)
-            np.random.seed([settings.seed, 0])
-            move = mcmc.LangevinDynamicsMove(timestep=settings.timestep_fs * unit.femtosecond,
-                                             collision_rate=settings.friction_per_ps / unit.picosecond,
-                                             n_steps=settings.steps_per_iteration, reassign_velocities=True)
-            sampler = multistate.ParallelTemperingSampler(mcmc_moves=move, number_of_iterations=n_total,
-                                                          replica_mixing_scheme=settings.mixing)
-            thermo = states.ThermodynamicState(system=system, temperature=settings.temperatures[0] * unit.kelvin)
-            start = [states.SamplerState(positions=np.asarray(positions, dtype=float) * unit.nanometer)
-                     for _ in settings.temperatures]
-            sampler.create(thermo, start, reporter(), temperatures=[t * unit.kelvin for t in settings.temperatures],
-                           n_temperatures=len(settings.temperatures))
-            if settings.minimise:
-                sampler.minimize(tolerance=10.0 * unit.kilojoule_per_mole / unit.nanometer)
-            n_eq = int(round(settings.equilibration_ps / settings.exchange_ps))
-            if n_eq:
-                sampler.equilibrate(n_eq)
-            sampler._reporter.close()
-            progress = {"cpu_seconds": 0.0, "wall_seconds": 0.0,
-                        "cpu_seconds_setup": time.process_time() - c0,
-                        "equilibration_iterations": n_eq}
+            progress = _create_run(system, positions, settings, reporter())
+            progress["cpu_seconds_setup"] = time.process_time() - c0
             _take_snapshot(work, 0, progress)
         else:
             progress = json.loads((snap / "progress.json").read_text())
             _restore_snapshot(snap, work)
         sampler = multistate.ParallelTemperingSampler.from_storage(reporter())
-    done = int(sampler.iteration)
     from ..runtime import progress_bar
-    bar = progress_bar(total=n_total, initial=done, enabled=show_progress, unit="it", desc=desc, mininterval=5.0)
-    n_acc = np.zeros((len(settings.temperatures),) * 2)
-    n_prop = np.zeros_like(n_acc)
-    ns_per_it = settings.exchange_ps * 1e-3 * len(settings.temperatures)
-    t_run, it_run = time.perf_counter(), 0
+    bar = progress_bar(total=n_total, initial=int(sampler.iteration), enabled=show_progress, unit="it", desc=desc,
+                       mininterval=5.0)
     try:
-        while done < n_total:
-            seg_end = min((done // settings.checkpoint_every + 1) * settings.checkpoint_every, n_total)
-            np.random.seed([settings.seed, done + 1])           # exchanges reproducible per segment
-            c_seg, w_seg = time.process_time(), time.perf_counter()
-            with _silenced():
-                while sampler.iteration < seg_end:
-                    sampler.extend(1)
-                    n_acc += sampler._n_accepted_matrix
-                    n_prop += sampler._n_proposed_matrix
-                    it_run += 1
-                    bar.update(1)
-                    if it_run % 10 == 0 or sampler.iteration == seg_end:
-                        pairs = [n_acc[i, i + 1] / n_prop[i, i + 1] for i in range(len(n_acc) - 1)
-                                 if n_prop[i, i + 1] > 0]
-                        rate = it_run * ns_per_it / max(time.perf_counter() - t_run, 1e-9) * 86400
-                        bar.set_postfix_str(f"{rate:.0f} ns/day (all replicas), neighbour acceptance "
-                                            f"{np.mean(pairs) if pairs else float('nan'):.2f}", refresh=False)
-                sampler._reporter.close()
-            done = int(sampler.iteration)
-            progress["cpu_seconds"] += time.process_time() - c_seg
-            progress["wall_seconds"] += time.perf_counter() - w_seg
-            _take_snapshot(work, done, progress)
-            if done < n_total:
-                sampler._reporter.open(mode="a")
+        done = _run_segments(sampler, settings, work, progress, bar)
     finally:
         bar.close()
         if sampler._reporter.is_open():
@@ -184,6 +137,67 @@ def run_pt_system(system, positions: np.ndarray, settings: PTSettings, work: str
     progress["iteration"] = done
     progress["this_call_wall_seconds"] = time.perf_counter() - w0
     return progress
+
+
+def _create_run(system, positions, settings: PTSettings, reporter) -> dict:
+    """Create the openmmtools sampler in its storage: every replica from ``positions``, minimised and
+    equilibrated as ``settings`` say. Returns the first progress record."""
+    from openmm import unit
+    _, mcmc, multistate, states = _import_openmmtools()
+    np.random.seed([settings.seed, 0])
+    move = mcmc.LangevinDynamicsMove(timestep=settings.timestep_fs * unit.femtosecond,
+                                     collision_rate=settings.friction_per_ps / unit.picosecond,
+                                     n_steps=settings.steps_per_iteration, reassign_velocities=True)
+    sampler = multistate.ParallelTemperingSampler(mcmc_moves=move, number_of_iterations=settings.n_iterations,
+                                                  replica_mixing_scheme=settings.mixing)
+    thermo = states.ThermodynamicState(system=system, temperature=settings.temperatures[0] * unit.kelvin)
+    start = [states.SamplerState(positions=np.asarray(positions, dtype=float) * unit.nanometer)
+             for _ in settings.temperatures]
+    sampler.create(thermo, start, reporter, temperatures=[t * unit.kelvin for t in settings.temperatures],
+                   n_temperatures=len(settings.temperatures))
+    if settings.minimise:
+        sampler.minimize(tolerance=10.0 * unit.kilojoule_per_mole / unit.nanometer)
+    n_eq = int(round(settings.equilibration_ps / settings.exchange_ps))
+    if n_eq:
+        sampler.equilibrate(n_eq)
+    sampler._reporter.close()
+    return {"cpu_seconds": 0.0, "wall_seconds": 0.0, "equilibration_iterations": n_eq}
+
+
+def _run_segments(sampler, settings: PTSettings, work: Path, progress: dict, bar) -> int:
+    """Extend the run to ``settings.n_iterations`` one snapshot segment at a time (exchanges seeded per
+    segment, so a resumed run repeats the uninterrupted one), updating ``progress`` and the bar (ns/day,
+    neighbour acceptance). Returns the iterations done."""
+    n_total, done = settings.n_iterations, int(sampler.iteration)
+    n_acc = np.zeros((len(settings.temperatures),) * 2)
+    n_prop = np.zeros_like(n_acc)
+    ns_per_it = settings.exchange_ps * 1e-3 * len(settings.temperatures)
+    t_run, it_run = time.perf_counter(), 0
+    while done < n_total:
+        seg_end = min((done // settings.checkpoint_every + 1) * settings.checkpoint_every, n_total)
+        np.random.seed([settings.seed, done + 1])           # exchanges reproducible per segment
+        c_seg, w_seg = time.process_time(), time.perf_counter()
+        with _silenced():
+            while sampler.iteration < seg_end:
+                sampler.extend(1)
+                n_acc += sampler._n_accepted_matrix
+                n_prop += sampler._n_proposed_matrix
+                it_run += 1
+                bar.update(1)
+                if it_run % 10 == 0 or sampler.iteration == seg_end:
+                    pairs = [n_acc[i, i + 1] / n_prop[i, i + 1] for i in range(len(n_acc) - 1)
+                             if n_prop[i, i + 1] > 0]
+                    rate = it_run * ns_per_it / max(time.perf_counter() - t_run, 1e-9) * 86400
+                    bar.set_postfix_str(f"{rate:.0f} ns/day (all replicas), neighbour acceptance "
+                                        f"{np.mean(pairs) if pairs else float('nan'):.2f}", refresh=False)
+            sampler._reporter.close()
+        done = int(sampler.iteration)
+        progress["cpu_seconds"] += time.process_time() - c_seg
+        progress["wall_seconds"] += time.perf_counter() - w_seg
+        _take_snapshot(work, done, progress)
+        if done < n_total:
+            sampler._reporter.open(mode="a")
+    return done
 
 
 def read_storage(work: str | Path) -> dict:
