@@ -76,11 +76,34 @@ RESTRAINT_TOLERANCE_KJ = 1e-6
 DECORRELATION_OBSERVABLES = ("phi", "psi", "omega", "restraint")
 
 
+def _state_estimates(mbar, phi: np.ndarray, psi: np.ndarray) -> dict:
+    """p(phi > 0), dF(phi > 0 vs phi < 0), the basin populations and the free-energy profile along phi, with
+    MBAR uncertainties, from the decorrelated samples' angles (the unbiased state: u = 0)."""
+    from ..analysis.basins import BASINS, basin_indicators, phi_positive
+    res = {}
+    p, dp = _expect(mbar, phi_positive(phi))
+    res["p_phi_positive"] = {"value": p, "stderr": dp}
+    df = delta_f_from_population(p, dp)
+    res["dF_phi_positive_minus_negative_kT"] = {"value": df.value, "stderr": df.stderr}
+    ind = basin_indicators(phi, psi)
+    res["basins"] = {}
+    for name in BASINS:
+        mu, sd = _expect(mbar, ind[name])
+        res["basins"][name] = {"value": mu, "stderr": sd}
+    edges = np.linspace(-math.pi, math.pi, 37)
+    prof = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mu, sd = _expect(mbar, (phi >= lo) & (phi < hi))
+        prof.append((0.5 * (lo + hi), -math.log(mu) if mu > 0 else float("inf"), sd / mu if mu > 0 else float("nan")))
+    prof = np.array(prof)
+    prof[:, 1] -= np.nanmin(prof[:, 1])
+    res["profile_phi"] = {"centres_rad": prof[:, 0].tolist(), "F_kT": prof[:, 1].tolist(), "stderr_kT": prof[:, 2].tolist()}
+    return res
+
+
 def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> dict:
     """MBAR over windows; returns estimates and per-sample unbiased log weights."""
     from pymbar import MBAR
-
-    from ..analysis.basins import BASINS, basin_indicators, phi_positive
     data = [dict(np.load(f)) for f in files]
     names = restrained_angles(settings)
     kap = kappas(settings)
@@ -125,26 +148,8 @@ def mbar_analysis(settings: UmbrellaSettings, files: list[str], kt: float) -> di
     n_all = np.array([len(d["phi"]) for d in data], dtype=float)
     log_denom = np.logaddexp.reduce(np.log(n_all)[:, None] + f_k[:, None] - u_all, axis=0)
     log_w = -log_denom - np.logaddexp.reduce(-log_denom)
-    # dF and populations with MBAR uncertainties (decorrelated samples, unbiased state u = 0)
     phi, psi = angles_all["phi"], angles_all["psi"]
-    ind = basin_indicators(phi[keep], psi[keep])
-    res = {}
-    p, dp = _expect(mbar, phi_positive(phi[keep]))
-    res["p_phi_positive"] = {"value": p, "stderr": dp}
-    df = delta_f_from_population(p, dp)
-    res["dF_phi_positive_minus_negative_kT"] = {"value": df.value, "stderr": df.stderr}
-    res["basins"] = {}
-    for name in BASINS:
-        mu, sd = _expect(mbar, ind[name])
-        res["basins"][name] = {"value": mu, "stderr": sd}
-    edges = np.linspace(-math.pi, math.pi, 37)
-    prof = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        mu, sd = _expect(mbar, (phi[keep] >= lo) & (phi[keep] < hi))
-        prof.append((0.5 * (lo + hi), -math.log(mu) if mu > 0 else float("inf"), sd / mu if mu > 0 else float("nan")))
-    prof = np.array(prof)
-    prof[:, 1] -= np.nanmin(prof[:, 1])
-    res["profile_phi"] = {"centres_rad": prof[:, 0].tolist(), "F_kT": prof[:, 1].tolist(), "stderr_kT": prof[:, 2].tolist()}
+    res = _state_estimates(mbar, phi[keep], psi[keep])
     res["mbar_overlap"] = float(overlap)
     res["overlap"] = ovr
     offsets = np.array([[np.degrees(np.angle(np.exp(1j * (d[n] - ci))).mean()) for n, ci in zip(names, c)]
