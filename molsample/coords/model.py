@@ -320,6 +320,18 @@ def _start_run(cfg: ICExperimentConfig, path: Path, iterations: int | None, grou
     return sampler, st, target_its
 
 
+def _save_checkpoint(path: Path, cfg: ICExperimentConfig, sampler, opt, st: dict, gen, group) -> None:
+    """Write the run's checkpoint atomically (rank 0; every rank's generator state gathered into it)."""
+    from ..checkpoint import atomic_save
+    rngs = group.gather(gen.get_state())
+    if not group.main:
+        return
+    st["target_iterations"] = cfg.train.iterations
+    atomic_save({"format": FORMAT, "config": cfg.to_dict(), "system": cfg.target, "model": sampler.state(),
+                 "optimizer": opt.state_dict(), "state": dict(st), "rng": gen.get_state(), "rngs": rngs,
+                 "world_size": group.world, "torch_version": str(torch.__version__)}, path)
+
+
 def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progress: bool = True,
                    iterations: int | None = None, group=None) -> dict:
     """Fit the base and train the one-step map of ``cfg`` into ``out_dir`` (checkpoint.pt, config.json,
@@ -334,10 +346,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
     import contextlib
 
     from ..distributed import SINGLE, stream_seed
-    from ..runtime import progress_bar
-
-    from ..runtime import Interrupted, RunLock, stop_on_signal
-    from ..checkpoint import atomic_save
+    from ..runtime import Interrupted, RunLock, progress_bar, stop_on_signal
     group = group or SINGLE
     progress = progress and group.main
     out = Path(out_dir)
@@ -360,13 +369,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
             opt.load_state_dict(ckpt["optimizer"])
 
         def save():
-            rngs = group.gather(gen.get_state())
-            if not group.main:
-                return
-            st["target_iterations"] = target_its
-            atomic_save({"format": FORMAT, "config": cfg.to_dict(), "system": cfg.target, "model": sampler.state(),
-                          "optimizer": opt.state_dict(), "state": dict(st), "rng": gen.get_state(), "rngs": rngs,
-                          "world_size": group.world, "torch_version": str(torch.__version__)}, path)
+            _save_checkpoint(path, cfg, sampler, opt, st, gen, group)
 
         if group.main:
             cj = out / "config.json"
