@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from ..config import ConfigError, apply_overrides, check_ranges, from_dict, load_yaml
+from ..schema import ConfigError, apply_overrides, check_ranges, from_dict, load_yaml
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import from_dict
+from ..schema import from_dict
 from .config import ICBaseConfig, ICDataConfig, ICExperimentConfig, ICMapConfig, ICTrainConfig, is_internal_config
 
 __all__ = ["ICBaseConfig", "ICDataConfig", "ICExperimentConfig", "ICMapConfig", "ICTrainConfig", "InternalSampler",

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..config import ConfigError, check_ranges, from_dict, load_yaml
+from ..schema import ConfigError, check_ranges, from_dict, load_yaml
 from .analytic import Funnel, GaussianMixture, ManyWell, MultiWell
 from .base import Target
 from .openmm_target import OpenMMTarget
