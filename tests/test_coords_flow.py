@@ -160,3 +160,38 @@ def test_a_single_step_map_refuses_more_steps(sampler):
     z0, _ = sampler.latent(4, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="not step-conditioned"):
         sampler.run(z0, steps=2)
+
+
+def test_flow_matching_is_zero_for_the_exact_velocity_to_one_point_on_the_torus(sampler, monkeypatch):
+    """With every data point at one z1, the exact velocity at (z, t) is (wrap(s1 - s) / (1 - t), (eps1 - eps) /
+    (1 - t)): its loss vanishes only if the interpolant goes the short way round the circle (pairs that cross
+    +-pi included), and the straight chord's velocity does not."""
+    k = len(sampler.base.soft)
+    step = LipschitzResidualMap(k, sampler.base.n_linear, hidden=8, step_conditioned=True)
+    fm = OneStepSampler(sampler.base, sampler.target, step)
+    z1 = fm.latent(1, torch.Generator().manual_seed(3))[0]
+    z1[0, 0] = 3.0                                           # near +pi: many base draws cross the branch cut
+    batch = z1.expand(512, -1)
+
+    def exact(z, weights, t, d):
+        ds, de = wrap(z1[:, :k] - z[:, :k]), z1[:, k:] - z[:, k:]
+        return torch.cat([ds, de], 1) / (1 - t)[:, None]
+
+    monkeypatch.setattr(step, "velocity", exact)
+    loss, logs = fm.flow_matching(batch, torch.Generator().manual_seed(4))
+    assert loss < 1e-18 and logs["fm_loss"] == float(loss)
+
+    def chord(z, weights, t, d):                             # the unwrapped difference: the long way round
+        ds, de = z1[:, :k] - z[:, :k], z1[:, k:] - z[:, k:]
+        return torch.cat([ds, de], 1) / (1 - t)[:, None]
+
+    monkeypatch.setattr(step, "velocity", chord)
+    assert fm.flow_matching(batch, torch.Generator().manual_seed(4))[0] > 0.1
+    with pytest.raises(ValueError, match="step_conditioned"):
+        OneStepSampler(sampler.base, sampler.target, sampler.flow).flow_matching(batch, torch.Generator())
+
+
+def test_latent_of_the_base_inverts_from_latent(sampler):
+    z, _ = sampler.base.sample_latent(64, torch.Generator().manual_seed(8))
+    y, ok = sampler.base.from_latent(z)
+    assert ok.all() and torch.allclose(sampler.base.to_latent(y), z, atol=1e-9)

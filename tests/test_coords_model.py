@@ -207,3 +207,24 @@ def test_the_tempering_exponent_keeps_the_asked_ess():
     assert 0 < beta < 1
     assert ess(np.concatenate([beta * lw, zero]), n_boot=0).value == pytest.approx(0.2, abs=2e-3)
     assert ess(np.concatenate([1.05 * beta * lw, zero]), n_boot=0).value < 0.2
+
+
+def test_flow_matching_to_the_data_frames_trains_and_resumes(tmp_path):
+    """train.flow_matching fits the step-conditioned velocity to the frames (here alone: energy_weight 0); its
+    loss falls, the run resumes, and the config refuses a map that is not step-conditioned."""
+    def write(name, **kw):
+        cfg = tmp_path / name
+        cfg.write_text(json.dumps({"route": "internal", "target": "aldp", "data": {"paths": [str(MD)]},
+                                   "map": {"hidden": 32, "step_conditioned": kw.pop("conditioned", True)},
+                                   "train": {"iterations": 60, "batch": 64, "lr": 1e-2, "eval_every": 30,
+                                             "eval_samples": 50, "checkpoint_every": 30, "steps": [4],
+                                             "flow_matching": 1.0, "energy_weight": 0.0, **kw}}))
+        return cfg
+    out = tmp_path / "fm"
+    assert main(["train", str(write("fm.yaml", iterations=30)), "--out", str(out), "--quiet"]) == 0
+    assert main(["train", str(write("fm.yaml")), "--out", str(out), "--quiet", "--resume", "--iterations", "60"]) == 0
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(1, 61)) and all(np.isfinite(r["fm_loss"]) for r in rows)
+    first, last = np.mean([r["fm_loss"] for r in rows[:10]]), np.mean([r["fm_loss"] for r in rows[-10:]])
+    assert last < first
+    assert main(["train", str(write("bad.yaml", conditioned=False)), "--out", str(tmp_path / "b"), "--quiet"]) == 2

@@ -209,11 +209,17 @@ class StructuredBase:
         log_p = torch.where(ok, log_p - self.log_det_chol, torch.full_like(log_p, -math.inf))
         return y.to(dtype), log_p.to(dtype)
 
-    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        """Exact log density of internal coordinates y (B, 3N - 6)."""
+    def to_latent(self, y: torch.Tensor) -> torch.Tensor:
+        """Internal coordinates y (B, 3N - 6) -> latent z = (s, eps), the inverse of :meth:`from_latent`."""
         s, h = self.split(y)
         eps = torch.linalg.solve_triangular(self.chol.to(y), (h - self._mean(s)).T, upper=False).T
-        return self._soft_log_prob(s) + _std_normal_log_prob(eps) - self.log_det_chol
+        return torch.cat([s, eps], dim=1)
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """Exact log density of internal coordinates y (B, 3N - 6)."""
+        z = self.to_latent(y)
+        k = len(self.soft)
+        return self._soft_log_prob(z[:, :k]) + _std_normal_log_prob(z[:, k:]) - self.log_det_chol
 
     # ------------------------------------------------------------------ fitting
     @classmethod

@@ -73,11 +73,16 @@ class ICTrainConfig:
     eval_samples: int = 4000
     steps: tuple[int, ...] = (1,)          # K of the loss, one drawn per iteration (K > 1: a step-conditioned map)
     self_consistency: float = 0.0          # weight of one 2d step = two d steps (needs some K >= 2 in steps)
+    flow_matching: float = 0.0             # weight of flow matching base -> data frames (step-conditioned map)
+    energy_weight: float = 1.0             # weight of `loss` (0: flow matching / self-consistency alone)
 
     def __post_init__(self):
         check_ranges(self, "train", {"iterations": ">=0", "ess_weight": ">=0", "batch": ">=1", "lr": ">0", "grad_clip": ">0",
                                      "energy_cap": ">0", "checkpoint_every": ">=1", "eval_every": ">=1",
-                                     "eval_samples": ">=1", "self_consistency": ">=0"})
+                                     "eval_samples": ">=1", "self_consistency": ">=0", "flow_matching": ">=0",
+                                     "energy_weight": ">=0"})
+        if self.energy_weight == 0 and self.flow_matching == 0 and self.self_consistency == 0 and self.iterations:
+            raise ConfigError("train: energy_weight, flow_matching and self_consistency are all 0: nothing to train")
         if not self.steps or min(self.steps) < 1:
             raise ConfigError(f"train.steps: give one or more step counts K >= 1, got {list(self.steps)}")
         if self.self_consistency > 0 and max(self.steps) < 2:
@@ -103,6 +108,9 @@ class ICExperimentConfig:
         if max(self.train.steps) > 1 and not self.map.step_conditioned:
             raise ConfigError(f"train.steps {list(self.train.steps)}: K > 1 needs a step-conditioned map "
                               "(map.step_conditioned: true)")
+        if self.train.flow_matching > 0 and not self.map.step_conditioned:
+            raise ConfigError("train.flow_matching > 0 trains a time-dependent velocity: it needs "
+                              "map.step_conditioned: true")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -63,8 +63,9 @@ class LipschitzResidualMap(nn.Module):
     def _features(self, z: torch.Tensor, t: float, d: float) -> torch.Tensor:
         s, eps = z[..., : self.k], z[..., self.k:]
         parts = [torch.cos(s), torch.sin(s), eps]
-        if self.step_conditioned:
-            parts.append(torch.tensor([t, d], dtype=z.dtype, device=z.device).expand(*z.shape[:-1], 2))
+        if self.step_conditioned:           # t and d: numbers, or one per sample (B,)
+            shape = z.shape[:-1]
+            parts += [torch.as_tensor(v, dtype=z.dtype, device=z.device).expand(shape)[..., None] for v in (t, d)]
         return torch.cat(parts, dim=-1)
 
     def velocity(self, z: torch.Tensor, weights: list[torch.Tensor], t: float = 0.0, d: float = 1.0) -> torch.Tensor:
@@ -202,6 +203,24 @@ class OneStepSampler:
         diff = torch.cat([wrap(diff[:, : self.flow.k]), diff[:, self.flow.k:]], dim=1)
         loss = (diff ** 2).sum(1).mean()
         return loss, {"sc_loss": float(loss.detach()), "sc_steps": k}
+
+    def flow_matching(self, z1: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Flow matching from the base to data: latent data points z1 (B, k + m) paired with B fresh base draws
+        z0, t uniform in [0, 1), the geodesic interpolant on the torus (s_t = s0 + t wrap(s1 - s0), wrapped) and
+        the straight line on eps; the map's instantaneous velocity v(z_t; t, d = 0) is fitted to the
+        interpolant's, (wrap(s1 - s0), eps1 - eps0). Needs a step-conditioned map. Returns (loss, logs)."""
+        if not self.flow.step_conditioned:
+            raise ValueError("flow matching trains a time-dependent velocity: it needs map.step_conditioned: true")
+        k = self.flow.k
+        n = z1.shape[0]
+        z0, _ = self.latent(n, generator)
+        t = torch.rand(n, generator=generator, dtype=z0.dtype)
+        ds = wrap(z1[:, :k] - z0[:, :k])
+        u = torch.cat([ds, z1[:, k:] - z0[:, k:]], dim=1)
+        zt = torch.cat([wrap(z0[:, :k] + t[:, None] * ds), z0[:, k:] + t[:, None] * u[:, k:]], dim=1)
+        v = self.flow.velocity(zt, self.flow.normalised(), t, torch.zeros_like(t))
+        loss = ((v - u) ** 2).sum(1).mean()
+        return loss, {"fm_loss": float(loss.detach())}
 
     def reverse_kl(self, n: int, generator: torch.Generator, energy_cap: float = 1e4,
                    steps: int = 1, latent: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:

@@ -33,7 +33,7 @@ from ..schema import from_dict
 from .config import ICBaseConfig, ICDataConfig, ICExperimentConfig, ICMapConfig, ICTrainConfig, is_internal_config
 
 __all__ = ["ICBaseConfig", "ICDataConfig", "ICExperimentConfig", "ICMapConfig", "ICTrainConfig", "InternalSampler",
-           "base_from_state", "base_state", "build_sampler", "evaluate", "is_internal_checkpoint", "is_internal_config",
+           "LatentFrames", "base_from_state", "base_state", "build_sampler", "evaluate", "is_internal_checkpoint", "is_internal_config",
            "load_internal_checkpoint", "refine_base", "train_internal", "train_step", "training_frames"]
 from ..io import INTERNAL_FORMAT as FORMAT
 from .base import StructuredBase, TorusHistogram
@@ -214,6 +214,30 @@ def training_frames(dc: ICDataConfig, target) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(lws)
 
 
+@dataclasses.dataclass
+class LatentFrames:
+    """The data frames in the base's latent space, z (F, k + m), with their probabilities p (F,): the flow-matching
+    targets."""
+    z: torch.Tensor
+    p: torch.Tensor
+
+    @classmethod
+    def of(cls, sampler: "InternalSampler", dc: ICDataConfig, chunk: int = 8192) -> "LatentFrames":
+        x, log_w = training_frames(dc, sampler.cartesian)
+        zs = []
+        for start in range(0, len(x), chunk):
+            y = sampler.base.ic.forward(torch.as_tensor(x[start:start + chunk], dtype=torch.float64))
+            zs.append(sampler.base.to_latent(y))
+        z = torch.cat(zs)
+        lw = torch.as_tensor(log_w, dtype=torch.float64)
+        ok = torch.isfinite(z).all(1) & torch.isfinite(lw)
+        p = torch.softmax(torch.where(ok, lw, torch.full_like(lw, -math.inf)), 0)
+        return cls(z[ok], p[ok])
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.z[torch.multinomial(self.p, n, replacement=True, generator=generator)]
+
+
 def load_internal_checkpoint(path, ckpt: dict | None = None) -> tuple[InternalSampler, dict]:
     """(sampler, checkpoint dict) of an internal-coordinate checkpoint (weights_only load)."""
     from ..io import InputError, read_checkpoint
@@ -250,10 +274,12 @@ def evaluate(sampler: InternalSampler, n: int, seed: int = 12345, steps: typing.
 
 
 def train_step(sampler: InternalSampler, opt: torch.optim.Optimizer, tc: ICTrainConfig, batch: int,
-               gen: torch.Generator, group=None) -> dict:
-    """One iteration on ``batch`` draws of this rank: the loss, its gradient averaged over the ranks
-    (``group``; the gradient of the global batch's mean), clipped to ``tc.grad_clip``, one optimiser
-    step. A loss that is not finite on some rank is skipped on every rank (``skipped`` in the logs)."""
+               gen: torch.Generator, group=None, frames: LatentFrames | None = None) -> dict:
+    """One iteration on ``batch`` draws of this rank: the loss (``tc.energy_weight`` x the energy objective,
+    + ``tc.self_consistency`` x self-consistency, + ``tc.flow_matching`` x flow matching to ``frames``), its
+    gradient averaged over the ranks (``group``; the gradient of the global batch's mean), clipped to
+    ``tc.grad_clip``, one optimiser step. A loss that is not finite on some rank is skipped on every rank
+    (``skipped`` in the logs)."""
     from ..distributed import SINGLE
     group = group or SINGLE
     opt.zero_grad()
@@ -261,12 +287,24 @@ def train_step(sampler: InternalSampler, opt: torch.optim.Optimizer, tc: ICTrain
     # generator's stream stays that of a single-step run)
     k = tc.steps[0] if len(tc.steps) == 1 else \
         group.broadcast(tc.steps[int(torch.randint(len(tc.steps), (1,), generator=gen))])
-    loss, logs = sampler.one_step.objective(tc.loss, batch, gen, tc.energy_cap, tc.ess_weight, steps=k)
+    if tc.energy_weight > 0:
+        loss, logs = sampler.one_step.objective(tc.loss, batch, gen, tc.energy_cap, tc.ess_weight, steps=k)
+        loss = tc.energy_weight * loss
+    else:
+        loss, logs = torch.zeros((), dtype=torch.float64), {"batch_ess": math.nan}
     logs["steps"] = k
     if tc.self_consistency > 0:
         sc, sc_logs = sampler.one_step.self_consistency(batch, gen, tc.steps)
         loss = loss + tc.self_consistency * sc
         logs.update(sc_logs)
+    if tc.flow_matching > 0:
+        if frames is None:
+            raise ValueError("train.flow_matching > 0 needs the data frames (LatentFrames)")
+        fm, fm_logs = sampler.one_step.flow_matching(frames.draw(batch, gen), gen)
+        loss = loss + tc.flow_matching * fm
+        logs.update(fm_logs)
+    if tc.energy_weight == 0:
+        logs["loss"] = float(loss.detach())
     if math.isfinite(group.mean(float(loss.detach()))):
         params = list(sampler.flow.parameters())
         loss.backward()
@@ -364,6 +402,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
             ckpt = None
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, iterations=target_its))
         tc = cfg.train
+        frames = LatentFrames.of(sampler, cfg.data) if tc.flow_matching > 0 else None
         opt = torch.optim.Adam(sampler.flow.parameters(), lr=tc.lr)
         if ckpt is not None and "optimizer" in ckpt:
             opt.load_state_dict(ckpt["optimizer"])
@@ -391,7 +430,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
                         raise Interrupted(f"interrupted at iteration {st['iteration']} of {target_its}; checkpoint "
                                           f"{path} written; continue with --resume")
                     c0 = time.process_time()
-                    logs = train_step(sampler, opt, tc, batch, gen, group)
+                    logs = train_step(sampler, opt, tc, batch, gen, group, frames)
                     if logs.get("skipped"):
                         st["nonfinite_total"] += 1
                     st["iteration"] += 1
