@@ -147,7 +147,8 @@ def _ic_cfg():
 
 
 def _ic_rank(group: Group, out: str):
-    from molsample.coords.model import build_sampler, train_step
+    from molsample.coords.model import build_sampler
+    from molsample.coords.training import train_step
     cfg = _ic_cfg()
     sampler = build_sampler(cfg, generator=torch.Generator().manual_seed(1))
     sampler.flow.double()

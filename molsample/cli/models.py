@@ -72,7 +72,7 @@ def _cmd_train(args) -> int:
 
 
 def _train_rank(args, cfg, out, device, group, internal: bool) -> int:
-    from ..coords.model import train_internal
+    from ..coords.training import train_internal
     from ..train import train
     if internal:
         st = train_internal(cfg, out, resume=args.resume, progress=not args.quiet, iterations=args.iterations,
