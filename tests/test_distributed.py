@@ -172,7 +172,7 @@ def test_internal_route_step_split_over_two_ranks_is_the_step_on_the_concatenate
         torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(2))
     lat = [sampler.one_step.latent(8, torch.Generator().manual_seed(stream_seed(cfg.seed, r))) for r in (0, 1)]
     latent = (torch.cat([z for z, _ in lat]), torch.cat([lp for _, lp in lat]))
-    loss, logs = sampler.one_step.reverse_kl(16, None, cfg.train.kl.energy_cap, latent=latent)
+    loss, logs = sampler.one_step.reverse_kl(16, None, cfg.train.energy_cap, latent=latent)
     assert logs["left_out"] == 0
     loss.backward()
     _assert_close(r0["grad"], _grads(sampler.flow), 1e-6)
