@@ -190,7 +190,7 @@ def test_shipped_md_reference_is_consistent():
     assert np.allclose(phi, ens.phi[rows[:200]], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["aldp_umbrella_phi_36x2ns.npz", "aldp_umbrella_2d_30x18.npz", "aldp_pt_2x4ns.npz",
+@pytest.mark.parametrize("name", ["aldp_umbrella_phi_36x2ns.npz", "aldp_umbrella_2d_30x18.npz", "aldp_pt_2x10ns.npz",
                                   "aldp-vacuum_umbrella_2d_30x18.npz", "aldp-vacuum_pt_2x2ns.npz"])
 def test_shipped_umbrella_reference_is_consistent(name):
     from molsample.analysis.compare import fraction
