@@ -53,3 +53,17 @@ def export_model(checkpoint: str | Path, out: str | Path) -> Path:
     atomic_save({"config": ckpt["config"], "ema": ckpt["ema"], "state": ckpt["state"],
                  "exported_from": str(checkpoint)}, out)
     return out
+
+
+def config_difference(saved: dict, current: dict, prefix: str = "") -> str:
+    """The first keys where two config dicts differ, as 'key: saved -> current'."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = config_difference(a, b, f"{prefix}{key}.")
+            if inner:
+                out.append(inner)
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
+    return "; ".join(out[:3])

@@ -3,6 +3,7 @@ its lr, distill, hinge and kl sections) and data sections as strict frozen datac
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 
 from .schema import ConfigError, apply_overrides, check_ranges, from_dict, load_yaml
@@ -66,6 +67,15 @@ class LrConfig:
         check_ranges(self, "train.lr", {"value": ">0", "decay_start": ">=0", "final": ">=0"})
         if self.schedule == "cosine" and not self.final <= self.value:
             raise ConfigError(f"train.lr.final = {self.final} must lie in [0, value = {self.value}]")
+
+
+def learning_rate(cfg, iteration: int) -> float:
+    """The learning rate of iteration ``iteration`` (0-based) of a :class:`TrainConfig` under ``cfg.lr.schedule``."""
+    if cfg.lr.schedule == "constant" or iteration < cfg.lr.decay_start:
+        return cfg.lr.value
+    span = max(cfg.iterations - cfg.lr.decay_start, 1)
+    progress = min(1.0, (iteration - cfg.lr.decay_start) / span)
+    return cfg.lr.final + 0.5 * (cfg.lr.value - cfg.lr.final) * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclasses.dataclass(frozen=True)

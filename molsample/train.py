@@ -15,9 +15,10 @@ import torch
 from . import jacobian, losses
 from .build import Experiment, build
 from .distributed import SINGLE, Group, restore_stream, stream_seed
-from .config import ExperimentConfig
+from .config import ExperimentConfig, learning_rate
 from .estimate import ess as ess_estimate, log_z as log_z_estimate
-from .checkpoint import CHECKPOINT, atomic_save, export_model, load_checkpoint, load_weights, saved_config
+from .checkpoint import (CHECKPOINT, atomic_save, config_difference, export_model, load_checkpoint, load_weights,
+                         saved_config)
 from .io import InputError, check_output_dir, read_checkpoint
 from .jacobian import monotonicity, residual_ratio
 from .sampler import integrate, sample
@@ -38,15 +39,6 @@ class TrainState:
     nonfinite_total: int = 0
     nonfinite_run: int = 0
     cpu_seconds: float = 0.0
-
-
-def learning_rate(cfg, iteration: int) -> float:
-    """The learning rate of iteration ``iteration`` (0-based) under ``cfg.lr.schedule``."""
-    if cfg.lr.schedule == "constant" or iteration < cfg.lr.decay_start:
-        return cfg.lr.value
-    span = max(cfg.iterations - cfg.lr.decay_start, 1)
-    progress = min(1.0, (iteration - cfg.lr.decay_start) / span)
-    return cfg.lr.final + 0.5 * (cfg.lr.value - cfg.lr.final) * (1.0 + math.cos(math.pi * progress))
 
 
 class Trainer:
@@ -114,7 +106,7 @@ class Trainer:
         target = saved["train"]["iterations"] if iterations is None else iterations
         saved["train"]["iterations"] = current["train"]["iterations"]
         if saved != current:
-            diff = _config_difference(saved, current)
+            diff = config_difference(saved, current)
             raise InputError(f"{path}: the checkpoint was written with a different config ({diff}); use another "
                              "--out directory or the same config (only train.iterations may change on --resume)")
         done = int(ckpt["state"]["iteration"])
@@ -406,17 +398,3 @@ def train(config: ExperimentConfig, out_dir: str | Path, device: str = "cpu", re
     overrides train.iterations; on ``resume`` without it the run continues to its own target.
     ``group``: this process's rank in a multi-process run (molsample.distributed)."""
     return make_trainer(build(config, device), out_dir, progress, group).run(resume, iterations)
-
-
-def _config_difference(saved: dict, current: dict, prefix: str = "") -> str:
-    """The first keys where two config dicts differ, as 'key: saved -> current'."""
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = _config_difference(a, b, f"{prefix}{key}.")
-            if inner:
-                out.append(inner)
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
-    return "; ".join(out[:3])

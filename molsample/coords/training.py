@@ -157,6 +157,13 @@ def _save_checkpoint(path: Path, cfg: ICExperimentConfig, sampler, opt, st: dict
                  "world_size": group.world, "torch_version": str(torch.__version__)}, path)
 
 
+def _write_config(path: Path, cfg: ICExperimentConfig) -> None:
+    """The resolved configuration as JSON, written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+    os.replace(tmp, path)
+
+
 def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progress: bool = True,
                    iterations: int | None = None, group=None) -> dict:
     """Fit the base and train the one-step map of ``cfg`` into ``out_dir`` (checkpoint.pt, config.json,
@@ -198,9 +205,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
             _save_checkpoint(path, cfg, sampler, opt, st, gen, group)
 
         if group.main:
-            cj = out / "config.json"
-            cj.with_name("config.json.tmp").write_text(json.dumps(cfg.to_dict(), indent=2))
-            os.replace(cj.with_name("config.json.tmp"), cj)
+            _write_config(out / "config.json", cfg)
         if st["iteration"] == 0 and not st["last_eval"]:
             if group.main:
                 st["base_eval"] = evaluate(sampler, tc.eval_samples, steps=tc.steps)

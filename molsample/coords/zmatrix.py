@@ -94,6 +94,32 @@ def _distances(start: int, nbrs: list[set[int]], allowed: np.ndarray) -> np.ndar
     return dist
 
 
+def _references(placed: list[int], pos: dict, parent: dict, nbrs: list[set], second: int) -> np.ndarray:
+    """(n, 3) positions in the placement order of the bond, angle and torsion partners (a, b, c) of every
+    placed atom: a its parent, b the parent's parent (or another placed neighbour of the root), c the next
+    one along bonds (or an improper-like partner bonded to a or b where the chain ends)."""
+    n = len(placed)
+    ref = np.full((n, 3), -1, dtype=np.int64)
+    ref[1, 0] = 0
+    a2 = pos[parent[second]]
+    ref[2, 0], ref[2, 1] = a2, 1 - a2
+    for v in placed[3:]:
+        a = parent[v]
+        b = parent.get(a)
+        if b is None:                                  # a is the root: b is another placed neighbour of it
+            b = min((w for w in nbrs[a] if w in pos and pos[w] < pos[v] and w != v), key=lambda w: pos[w])
+        c = parent.get(b)
+        if c is None or c == a or pos[c] >= pos[v]:
+            options = [w for w in nbrs[b] if w in pos and pos[w] < pos[v] and w not in (a, v)]
+            options += [w for w in nbrs[a] if w in pos and pos[w] < pos[v] and w not in (b, v)]   # improper-like
+            if not options:
+                options = [w for w in placed[:pos[v]] if w not in (a, b)]
+            c = min(options, key=lambda w: pos[w])
+        ref[pos[v]] = (pos[a], pos[b], pos[c])
+
+    return ref
+
+
 def build_zmatrix(topology) -> ZMatrix:
     """The Z-matrix of an mdtraj topology with bonds (one connected molecule, at least 4 atoms)."""
     n, nbrs, heavy = _graph(topology)
@@ -149,24 +175,7 @@ def build_zmatrix(topology) -> ZMatrix:
     if len(placed) != n:
         raise ZMatrixError("internal error: not every atom was placed")
 
-    ref = np.full((n, 3), -1, dtype=np.int64)
-    ref[1, 0] = 0
-    a2 = pos[parent[second]]
-    ref[2, 0], ref[2, 1] = a2, 1 - a2
-    for v in placed[3:]:
-        a = parent[v]
-        b = parent.get(a)
-        if b is None:                                  # a is the root: b is another placed neighbour of it
-            b = min((w for w in nbrs[a] if w in pos and pos[w] < pos[v] and w != v), key=lambda w: pos[w])
-        c = parent.get(b)
-        if c is None or c == a or pos[c] >= pos[v]:
-            options = [w for w in nbrs[b] if w in pos and pos[w] < pos[v] and w not in (a, v)]
-            options += [w for w in nbrs[a] if w in pos and pos[w] < pos[v] and w not in (b, v)]   # improper-like
-            if not options:
-                options = [w for w in placed[:pos[v]] if w not in (a, b)]
-            c = min(options, key=lambda w: pos[w])
-        ref[pos[v]] = (pos[a], pos[b], pos[c])
-
+    ref = _references(placed, pos, parent, nbrs, second)
     level = np.zeros(n, dtype=np.int64)
     for i in range(3, n):
         level[i] = 1 + level[ref[i]].max()
