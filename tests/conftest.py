@@ -26,5 +26,16 @@ def aldp_conformations() -> np.ndarray:
         return d["xyz"]
 
 
+@pytest.fixture(scope="session")
+def aldp_md():
+    """(target, internal coordinates, frames, log weights) of alanine dipeptide from the shipped 2 x 50 ns MD file."""
+    from molsample.coords import InternalCoordinates
+    from molsample.data import load_frames
+    from molsample.targets import load_target
+    cart = load_target("aldp")
+    x, lw = load_frames(ROOT / "systems" / "aldp" / "reference" / "aldp_md_2x50ns.npz", cart)
+    return cart, InternalCoordinates(cart.topology), x, lw
+
+
 def random_rotation(generator: torch.Generator, dim: int = 3, dtype=torch.float64, reflect=False) -> torch.Tensor:
     return random_orthogonal(generator, dim, reflect=reflect, dtype=dtype)

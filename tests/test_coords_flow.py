@@ -7,21 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from molsample.coords import InternalCoordinates
 from molsample.coords.base import StructuredBase
 from molsample.coords.flow import LipschitzResidualMap, OneStepSampler
 from molsample.coords.target import InternalCoordinateTarget, wrap
-from molsample.data import load_frames
-from molsample.targets import load_target
-
-from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def sampler():
-    cart = load_target("aldp")
-    ic = InternalCoordinates(cart.topology)
-    x, lw = load_frames(ROOT / "systems" / "aldp" / "reference" / "aldp_md_2x50ns.npz", cart)
+def sampler(aldp_md):
+    cart, ic, x, lw = aldp_md
     base = StructuredBase.fit(ic, x, lw, cart.topology)
     flow = LipschitzResidualMap(len(base.soft), base.n_linear, hidden=32, generator=torch.Generator().manual_seed(0))
     return OneStepSampler(base, InternalCoordinateTarget(cart, ic=ic), flow)

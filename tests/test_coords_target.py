@@ -8,24 +8,14 @@ import pytest
 import torch
 
 from molsample.analysis.ensembles import chirality_signs
-from molsample.coords import InternalCoordinates
 from molsample.coords.base import StructuredBase, TorusHistogram, plain_proposal
 from molsample.coords.target import InternalCoordinateTarget, Whitening, wrap
-from molsample.data import load_frames
 from molsample.estimate import ess
-from molsample.targets import load_target
-
-from conftest import ROOT
-
-MD_FRAMES = ROOT / "systems" / "aldp" / "reference" / "aldp_md_2x50ns.npz"
 
 
 @pytest.fixture(scope="module")
-def aldp():
-    cart = load_target("aldp")
-    ic = InternalCoordinates(cart.topology)
-    x, lw = load_frames(MD_FRAMES, cart)
-    return cart, ic, x, lw
+def aldp(aldp_md):
+    return aldp_md
 
 
 @pytest.mark.parametrize("source", ["none", "frames", "forcefield"])

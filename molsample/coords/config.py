@@ -48,13 +48,18 @@ class ICBaseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ICMapConfig:
-    hidden: int = 128
-    layers: int = 2
+    kind: typing.Literal["mlp", "graph"] = "mlp"   # an MLP over the latent vector, or a graph network over the atoms
+    hidden: int = 128                      # width (graph: of each atom's state)
+    layers: int = 2                        # hidden layers (graph: message layers)
     lipschitz: float = 0.9
     step_conditioned: bool = False         # v(z; t, d): K steps of size 1/K from one model (train.steps)
+    rbf: int = 0                           # graph: radial basis functions of the distances gating far edges (0: none)
+    r_max: float = 0.8                     # graph: range of those basis functions, nm
 
     def __post_init__(self):
-        check_ranges(self, "map", {"hidden": ">=1", "layers": ">=1", "lipschitz": ">0"})
+        check_ranges(self, "map", {"hidden": ">=1", "layers": ">=1", "lipschitz": ">0", "rbf": ">=0", "r_max": ">0"})
+        if self.kind == "mlp" and self.rbf:
+            raise ConfigError("map.rbf: distance gates belong to the graph network (map.kind: graph)")
         if not self.lipschitz < 1:
             raise ConfigError(f"map.lipschitz = {self.lipschitz}: must be below 1 for the step to be a bijection")
 

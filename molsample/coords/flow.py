@@ -25,7 +25,35 @@ from .base import StructuredBase
 from .target import InternalCoordinateTarget, wrap
 
 
-class LipschitzResidualMap(nn.Module):
+class ResidualMap(nn.Module):
+    """What every one-step map on z = (s, eps) shares: spectrally normalised ``weights``, a ``gate``
+    (0: the identity), the wrapped step and the exact log-det from its :meth:`jacobian`. Subclasses set
+    k, m, lipschitz, step_conditioned and define ``velocity`` and ``jacobian``."""
+
+    def normalised(self) -> list[torch.Tensor]:
+        """Each weight divided by max(1, its exact spectral norm): every layer 1-Lipschitz."""
+        return [w / torch.clamp(torch.linalg.matrix_norm(w, ord=2), min=1.0) for w in self.weights]
+
+    def step(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None, t: float = 0.0,
+             d: float = 1.0) -> torch.Tensor:
+        """z' = z + d v(z; t, d), torsions wrapped (d <= 1 keeps the step a bijection)."""
+        weights = self.normalised() if weights is None else weights
+        out = z + d * self.velocity(z, weights, t, d)
+        return torch.cat([wrap(out[..., : self.k]), out[..., self.k:]], dim=-1)
+
+    def log_det(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None, t: float = 0.0,
+                d: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log|det(I + d dv/dz)| (B,), sign of det (B,)) from the full (k + m) x (k + m) Jacobian."""
+        jac = self.jacobian(z, weights, t, d)
+        eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+        sign, logabs = torch.linalg.slogdet(eye + jac)
+        return logabs, sign
+
+    def describe(self) -> dict:
+        return {"kind": "mlp", "parameters": sum(p.numel() for p in self.parameters())}
+
+
+class LipschitzResidualMap(ResidualMap):
     """v : (B, k + m) -> (B, k + m) on z = (s, eps), Lipschitz below ``lipschitz``.
 
     Parameters
@@ -56,10 +84,6 @@ class LipschitzResidualMap(nn.Module):
             self.biases.append(nn.Parameter(torch.zeros(b, dtype=torch.float64)))
         self.gate = nn.Parameter(torch.zeros((), dtype=torch.float64))
 
-    def normalised(self) -> list[torch.Tensor]:
-        """Each weight divided by max(1, its exact spectral norm): every layer 1-Lipschitz."""
-        return [w / torch.clamp(torch.linalg.matrix_norm(w, ord=2), min=1.0) for w in self.weights]
-
     def _features(self, z: torch.Tensor, t: float, d: float) -> torch.Tensor:
         s, eps = z[..., : self.k], z[..., self.k:]
         parts = [torch.cos(s), torch.sin(s), eps]
@@ -77,13 +101,6 @@ class LipschitzResidualMap(nn.Module):
             if i < len(weights) - 1:
                 h = torch.tanh(h)
         return self.lipschitz * torch.tanh(self.gate) * h
-
-    def step(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None, t: float = 0.0,
-             d: float = 1.0) -> torch.Tensor:
-        """z' = z + d v(z; t, d), torsions wrapped (d <= 1 keeps the step a bijection)."""
-        weights = self.normalised() if weights is None else weights
-        out = z + d * self.velocity(z, weights, t, d)
-        return torch.cat([wrap(out[..., : self.k]), out[..., self.k:]], dim=-1)
 
     def jacobian(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None, t: float = 0.0,
                  d: float = 1.0) -> torch.Tensor:
@@ -108,14 +125,6 @@ class LipschitzResidualMap(nn.Module):
             h = a @ w.T + b
         jac = jt.transpose(1, 2)
         return d * self.lipschitz * torch.tanh(self.gate) * jac
-
-    def log_det(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None, t: float = 0.0,
-                d: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log|det(I + d dv/dz)| (B,), sign of det (B,)) from the full (k + m) x (k + m) Jacobian."""
-        jac = self.jacobian(z, weights, t, d)
-        eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
-        sign, logabs = torch.linalg.slogdet(eye + jac)
-        return logabs, sign
 
 
 class OneStepSampler:

@@ -2,7 +2,8 @@
 
 A model is the structured base (:class:`~molsample.coords.base.StructuredBase`, fitted to reference
 frames in seconds) and the one-step map on its latent space
-(:class:`~molsample.coords.flow.LipschitzResidualMap`, a bijection that starts at the identity),
+(:class:`~molsample.coords.flow.LipschitzResidualMap`, an MLP over the latent vector, or
+:class:`~molsample.coords.graph.GraphResidualMap`, a graph network over the atoms; both start at the identity),
 trained by the map's reverse KL against the force field with the exact log-det. One network
 evaluation per sample; exact importance weights against exp(-u) in the canonical frame.
 
@@ -32,6 +33,7 @@ __all__ = ["ICBaseConfig", "ICDataConfig", "ICExperimentConfig", "ICMapConfig", 
 from ..io import INTERNAL_FORMAT as FORMAT
 from .base import StructuredBase, TorusHistogram
 from .flow import LipschitzResidualMap, OneStepSampler
+from .graph import GraphResidualMap
 from .target import InternalCoordinateTarget
 from .transform import InternalCoordinates
 
@@ -116,9 +118,13 @@ def build_sampler(cfg: ICExperimentConfig, generator: torch.Generator | None = N
                                            torch.Generator().manual_seed(cfg.seed + 2), progress=progress)
     else:
         base = base_from_state(ic, base_state_dict)
-    flow = LipschitzResidualMap(len(base.soft), base.n_linear, hidden=cfg.map.hidden, layers=cfg.map.layers,
-                                lipschitz=cfg.map.lipschitz, generator=generator,
-                                step_conditioned=cfg.map.step_conditioned)
+    mc = cfg.map
+    if mc.kind == "graph":
+        flow = GraphResidualMap(cart, base, hidden=mc.hidden, layers=mc.layers, lipschitz=mc.lipschitz, rbf=mc.rbf,
+                                r_max=mc.r_max, generator=generator, step_conditioned=mc.step_conditioned)
+    else:
+        flow = LipschitzResidualMap(len(base.soft), base.n_linear, hidden=mc.hidden, layers=mc.layers,
+                                    lipschitz=mc.lipschitz, generator=generator, step_conditioned=mc.step_conditioned)
     sampler = InternalSampler(cart, base, flow)
     sampler.refine_log = refine_log
     return sampler

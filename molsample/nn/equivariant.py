@@ -172,27 +172,25 @@ class EquivariantCore(nn.Module):
         return torch.cat(out)
 
 
-def molecule_types(target) -> tuple[np.ndarray, np.ndarray]:
-    """Node and edge types of an OpenMM-backed molecule.
-
-    Node type: the atom's (element, charge, sigma, epsilon) from its NonbondedForce, so
-    force-field-identical atoms (e.g. methyl hydrogens) share a type and the network is
-    equivariant to permuting them. Edge type: bond-graph distance 1, 2, 3 or >= 4 (classes 0-3).
-    """
+def atom_parameters(target) -> list[tuple[str, float, float, float]]:
+    """Per atom (topology order) of an OpenMM-backed molecule: (element symbol, charge e, sigma nm,
+    epsilon kJ/mol) from its NonbondedForce (zeros where the system has none)."""
     import openmm
-    system = target.system
-    nb = next((f for f in system.getForces() if isinstance(f, openmm.NonbondedForce)), None)
-    top = target.topology
-    keys = []
-    for i, atom in enumerate(top.atoms):
+    nb = next((f for f in target.system.getForces() if isinstance(f, openmm.NonbondedForce)), None)
+    out = []
+    for i, atom in enumerate(target.topology.atoms):
         params = nb.getParticleParameters(i) if nb is not None else (0, 0, 0)
         q, sig, eps = (float(p._value) if hasattr(p, "_value") else float(p) for p in params)
-        keys.append((atom.element.symbol, round(q, 4), round(sig, 4), round(eps, 4)))
-    uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    node = np.array([uniq[k] for k in keys])
-    n = len(keys)
+        out.append((atom.element.symbol, q, sig, eps))
+    return out
+
+
+def bond_graph_classes(topology) -> np.ndarray:
+    """(N, N) bond-graph distance class of every atom pair: 1, 2, 3 or >= 4 bonds apart as 0-3
+    (the diagonal, never bonded to itself, falls in class 3)."""
+    n = topology.n_atoms
     adj = np.zeros((n, n), dtype=bool)
-    for a, b in top.bonds:
+    for a, b in topology.bonds:
         adj[a.index, b.index] = adj[b.index, a.index] = True
     dist = np.full((n, n), 4)
     reach, cur = np.eye(n, dtype=bool), np.eye(n, dtype=bool)
@@ -201,4 +199,17 @@ def molecule_types(target) -> tuple[np.ndarray, np.ndarray]:
         new = cur & ~reach
         dist[new] = k
         reach |= cur
-    return node, np.clip(dist, 1, 4) - 1
+    return np.clip(dist, 1, 4) - 1
+
+
+def molecule_types(target) -> tuple[np.ndarray, np.ndarray]:
+    """Node and edge types of an OpenMM-backed molecule.
+
+    Node type: the atom's (element, charge, sigma, epsilon) from its NonbondedForce, so
+    force-field-identical atoms (e.g. methyl hydrogens) share a type and the network is
+    equivariant to permuting them. Edge type: bond-graph distance 1, 2, 3 or >= 4 (classes 0-3).
+    """
+    keys = [(el, round(q, 4), round(sig, 4), round(eps, 4)) for el, q, sig, eps in atom_parameters(target)]
+    uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    node = np.array([uniq[k] for k in keys])
+    return node, bond_graph_classes(target.topology)
