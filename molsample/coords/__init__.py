@@ -1,4 +1,5 @@
-"""Internal coordinates of bonded molecules: Z-matrix, bijection, whitening."""
+"""Internal coordinates of bonded molecules: Z-matrix, bijection, structured base, one-step maps (an MLP or a graph
+network over the molecule), the model and its training."""
 from .transform import InternalCoordinates, angle, dihedral, place
 from .zmatrix import ZMatrix, ZMatrixError, build_zmatrix
 

@@ -236,9 +236,10 @@ class GraphResidualMap(ResidualMap):
         return self.lipschitz * torch.tanh(self.gate) * out
 
     def jacobian(self, z: torch.Tensor, weights: list[torch.Tensor] | None = None, t=0.0, d=1.0,
-                 chunk: int = 512) -> torch.Tensor:
+                 chunk: int = 32) -> torch.Tensor:
         """d(d v)/dz (B, D, D) in closed form: the D unit tangents carried through the layers beside the
-        states (and through the conformation's distances to the gates), in chunks of ``chunk`` samples;
+        states (and through the conformation's distances to the gates), in chunks of ``chunk`` samples (small
+        chunks keep every temporary a few MB, which the allocator reuses instead of mapping fresh pages);
         differentiable, for training by the exact log-det."""
         weights = self.normalised() if weights is None else weights
         n, dim = z.shape
