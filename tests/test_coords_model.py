@@ -228,3 +228,16 @@ def test_flow_matching_to_the_data_frames_trains_and_resumes(tmp_path):
     first, last = np.mean([r["fm_loss"] for r in rows[:10]]), np.mean([r["fm_loss"] for r in rows[-10:]])
     assert last < first
     assert main(["train", str(write("bad.yaml", conditioned=False)), "--out", str(tmp_path / "b"), "--quiet"]) == 2
+
+
+def test_maximum_likelihood_on_the_frames_trains_without_the_energy(tmp_path):
+    cfg = tmp_path / "ml.yaml"
+    cfg.write_text(json.dumps({"route": "internal", "target": "aldp", "data": {"paths": [str(MD)]},
+                               "map": {"hidden": 16},
+                               "train": {"iterations": 3, "batch": 16, "eval_every": 3, "eval_samples": 50,
+                                         "checkpoint_every": 3, "energy_weight": 0.0, "max_likelihood": 1.0}}))
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["ml_nll"]) and r["ml_inverse_residual"] < 1e-9 for r in rows)
+    assert rows[-1]["gate"] != 0 and rows[-1]["eval_det_nonpositive"] == 0

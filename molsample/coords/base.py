@@ -183,6 +183,11 @@ class StructuredBase:
             out = out + hist.log_prob(s[:, list(group)])
         return out
 
+    def latent_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of latents z = (s, eps) (B, k + m): the torus histograms times the standard normal (no log det L)."""
+        k = len(self.soft)
+        return self._soft_log_prob(z[:, :k]) + _std_normal_log_prob(z[:, k:])
+
     def _mean(self, s: torch.Tensor) -> torch.Tensor:
         return fourier_features(s, self.pairs, self.order) @ self.coef.to(s)
 
@@ -217,9 +222,7 @@ class StructuredBase:
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """Exact log density of internal coordinates y (B, 3N - 6)."""
-        z = self.to_latent(y)
-        k = len(self.soft)
-        return self._soft_log_prob(z[:, :k]) + _std_normal_log_prob(z[:, k:]) - self.log_det_chol
+        return self.latent_log_prob(self.to_latent(y)) - self.log_det_chol
 
     # ------------------------------------------------------------------ fitting
     @classmethod

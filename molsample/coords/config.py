@@ -79,15 +79,18 @@ class ICTrainConfig:
     steps: tuple[int, ...] = (1,)          # K of the loss, one drawn per iteration (K > 1: a step-conditioned map)
     self_consistency: float = 0.0          # weight of one 2d step = two d steps (needs some K >= 2 in steps)
     flow_matching: float = 0.0             # weight of flow matching base -> data frames (step-conditioned map)
+    max_likelihood: float = 0.0            # weight of the one-step map's negative log-likelihood of the data frames
     energy_weight: float = 1.0             # weight of `loss` (0: flow matching / self-consistency alone)
 
     def __post_init__(self):
         check_ranges(self, "train", {"iterations": ">=0", "ess_weight": ">=0", "batch": ">=1", "lr": ">0", "grad_clip": ">0",
                                      "energy_cap": ">0", "checkpoint_every": ">=1", "eval_every": ">=1",
                                      "eval_samples": ">=1", "self_consistency": ">=0", "flow_matching": ">=0",
-                                     "energy_weight": ">=0"})
-        if self.energy_weight == 0 and self.flow_matching == 0 and self.self_consistency == 0 and self.iterations:
-            raise ConfigError("train: energy_weight, flow_matching and self_consistency are all 0: nothing to train")
+                                     "max_likelihood": ">=0", "energy_weight": ">=0"})
+        if not (self.energy_weight or self.flow_matching or self.self_consistency or self.max_likelihood) \
+                and self.iterations:
+            raise ConfigError("train: energy_weight, flow_matching, max_likelihood and self_consistency are all 0: "
+                              "nothing to train")
         if not self.steps or min(self.steps) < 1:
             raise ConfigError(f"train.steps: give one or more step counts K >= 1, got {list(self.steps)}")
         if self.self_consistency > 0 and max(self.steps) < 2:

@@ -63,7 +63,8 @@ def evaluate(sampler: InternalSampler, n: int, seed: int = 12345, steps: typing.
 def train_step(sampler: InternalSampler, opt: torch.optim.Optimizer, tc: ICTrainConfig, batch: int,
                gen: torch.Generator, group=None, frames: LatentFrames | None = None) -> dict:
     """One iteration on ``batch`` draws of this rank: the loss (``tc.energy_weight`` x the energy objective,
-    + ``tc.self_consistency`` x self-consistency, + ``tc.flow_matching`` x flow matching to ``frames``), its
+    + ``tc.self_consistency`` x self-consistency, + ``tc.flow_matching`` x flow matching to ``frames``,
+    + ``tc.max_likelihood`` x the one-step map's negative log-likelihood of ``frames``), its
     gradient averaged over the ranks (``group``; the gradient of the global batch's mean), clipped to
     ``tc.grad_clip``, one optimiser step. A loss that is not finite on some rank is skipped on every rank
     (``skipped`` in the logs)."""
@@ -90,6 +91,12 @@ def train_step(sampler: InternalSampler, opt: torch.optim.Optimizer, tc: ICTrain
         fm, fm_logs = sampler.one_step.flow_matching(frames.draw(batch, gen), gen)
         loss = loss + tc.flow_matching * fm
         logs.update(fm_logs)
+    if tc.max_likelihood > 0:
+        if frames is None:
+            raise ValueError("train.max_likelihood > 0 needs the data frames (LatentFrames)")
+        ml, ml_logs = sampler.one_step.max_likelihood(frames.draw(batch, gen))
+        loss = loss + tc.max_likelihood * ml
+        logs.update(ml_logs)
     if tc.energy_weight == 0:
         logs["loss"] = float(loss.detach())
     if math.isfinite(group.mean(float(loss.detach()))):
@@ -196,7 +203,7 @@ def train_internal(cfg: ICExperimentConfig, out_dir, resume: bool = False, progr
             ckpt = None
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, iterations=target_its))
         tc = cfg.train
-        frames = LatentFrames.of(sampler, cfg.data) if tc.flow_matching > 0 else None
+        frames = LatentFrames.of(sampler, cfg.data) if tc.flow_matching > 0 or tc.max_likelihood > 0 else None
         opt = torch.optim.Adam(sampler.flow.parameters(), lr=tc.lr)
         if ckpt is not None and "optimizer" in ckpt:
             opt.load_state_dict(ckpt["optimizer"])
