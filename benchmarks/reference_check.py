@@ -249,10 +249,16 @@ def main() -> None:
         kl_ab = histogram_kl(pooled[0][0], pooled[1][0], [EDGES_NEG], pooled[0][2], pooled[1][2]) \
             if len(pooled) > 1 else math.nan
         null, bound = kl_null(md["kl_floor"], kl_ab)
-        verdict = "within" if kl_pooled <= bound else "ABOVE"
-        print(f"\nKL(phi | phi<0): runs pooled vs MD {kl_pooled:.4f}; run A vs run B {kl_ab:.4f}; MD's own floor "
-              f"(replica vs replica) {md['kl_floor']:.4f}. Expected from sampling noise alone for this pair, "
-              f"(MD floor + A vs B) / 4 = {null:.4f}, 95 % bound {bound:.4f}: {verdict} it\n")
+        floor_txt = f"; MD's own floor (replica vs replica) {md['kl_floor']:.4f}"
+        if math.isfinite(bound):
+            verdict = "within" if kl_pooled <= bound else "ABOVE"
+            print(f"\nKL(phi | phi<0): runs pooled vs MD {kl_pooled:.4f}; run A vs run B {kl_ab:.4f}{floor_txt}. "
+                  f"Expected from sampling noise alone for this pair, (MD floor + A vs B) / 4 = {null:.4f}, "
+                  f"95 % bound {bound:.4f}: {verdict} it\n")
+        else:       # one run, or runs packed together: no A-vs-B pair to bound the noise by
+            verdict = "at or below" if kl_pooled <= md["kl_floor"] else "above"
+            print(f"\nKL(phi | phi<0): runs pooled vs MD {kl_pooled:.4f}{floor_txt}: {verdict} MD's floor (no pair "
+                  "of separate runs, so no noise bound for the pair)\n")
         out["methods"][name].update(md_check=md_rows, kl_phi_neg_pooled_vs_md=kl_pooled, kl_phi_neg_a_vs_b=kl_ab,
                                     kl_phi_neg_null=null, kl_phi_neg_null_bound_95=bound,
                                     kl_phi_neg_at_md_floor=bool(kl_pooled <= md["kl_floor"]),
