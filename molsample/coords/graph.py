@@ -11,9 +11,9 @@ passes messages along the molecule's graph and writes each atom's (bond, angle, 
   parameters (element, charge, sigma, epsilon) and of which coordinates it owns;
 - message layers: h' = tanh([h, A_1 h, ..., A_C h] W / sqrt(1 + C) + b), one adjacency per
   bond-graph distance class (1, 2, 3, >= 4 bonds apart), each scaled to spectral norm 1; with
-  ``rbf`` > 0 the edges 3 and >= 4 bonds apart are gated by sigmoid(e3nn radial basis of the current
-  conformation's distance): the gates lie in (0, 1) and the adjacencies are non-negative, so a gated
-  adjacency keeps spectral norm <= 1;
+  ``rbf`` > 0 the edges four or more bonds apart (the contacts a few local coordinates do not fix) are
+  gated by sigmoid(e3nn radial basis of the current conformation's distance): the gates lie in (0, 1)
+  and the adjacencies are non-negative, so a gated adjacency keeps spectral norm <= 1;
 - readout: a shared (hidden -> 3) matrix per atom, (bond, angle, torsion) velocities, gathered back
   to the latent order, times ``lipschitz * tanh(gate)`` (gate = 0 at initialisation: the identity).
 
@@ -26,8 +26,9 @@ distance gates the drift is then Lipschitz with constant below ``lipschitz`` < 1
 bijection, as for :class:`~molsample.coords.flow.LipschitzResidualMap`. The gates add a path through
 the conformation that the bound does not cover, so with ``rbf`` > 0 the sign of det(I + d dv/dz) is
 measured at every sample (a draw with det <= 0 gets weight 0 and is counted, as for every map). The
-exact Jacobian is computed by forward-mode differentiation (``torch.func.jvp``), all D tangents in
-one pass over a replicated batch.
+exact Jacobian is carried in closed form: the D unit tangents travel through the layers beside the
+node states, and for the gates dr_ij/dz = u_ij . (dx_i/dz - dx_j/dz), with dx/dz by forward-mode
+differentiation (``torch.func.jvp``) of the base's inverse and the Z-matrix placement.
 """
 from __future__ import annotations
 
