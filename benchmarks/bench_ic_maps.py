@@ -15,6 +15,7 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,7 +26,7 @@ from molsample.coords.graph import GraphResidualMap
 from molsample.coords.target import InternalCoordinateTarget
 from molsample.targets import load_target
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def base_of(molecule: str):

@@ -49,9 +49,6 @@ class ResidualMap(nn.Module):
         sign, logabs = torch.linalg.slogdet(eye + jac)
         return logabs, sign
 
-    def describe(self) -> dict:
-        return {"kind": "mlp", "parameters": sum(p.numel() for p in self.parameters())}
-
 
 class LipschitzResidualMap(ResidualMap):
     """v : (B, k + m) -> (B, k + m) on z = (s, eps), Lipschitz below ``lipschitz``.
@@ -238,8 +235,7 @@ class OneStepSampler:
             w = [x.detach() for x in weights]
             z0 = z1.clone()
             for _ in range(max_iterations):
-                new = z1 - self.flow.velocity(z0, w)
-                new = torch.cat([wrap(new[:, :k]), new[:, k:]], dim=1)
+                new = _wrapped(z1 - self.flow.velocity(z0, w), k)
                 change = _wrapped(new - z0, k).abs().max()
                 z0 = new
                 if change < tol:

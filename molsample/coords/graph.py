@@ -72,7 +72,6 @@ class GraphResidualMap(ResidualMap):
     Parameters
     ----------
     target : the Cartesian molecular target (OpenMM system and mdtraj topology)
-    ic : :class:`~molsample.coords.transform.InternalCoordinates` of the base
     base : the :class:`~molsample.coords.base.StructuredBase` whose latent the map acts on (its
         soft/stiff split and :meth:`from_latent`, used for the distances when ``rbf`` > 0)
     hidden, layers : width of the node states and number of message layers
@@ -190,13 +189,14 @@ class GraphResidualMap(ResidualMap):
         feats = (torch.cat([torch.cos(s), torch.sin(s), eps], dim=1) @ scatter).reshape(b, n, N_DYNAMIC)
         cond = self._conditioning(z, t, d)
         bias = [cond @ c.T + bb for c, bb in zip(self.conditioning, self.biases)]
-        adj = self.adjacency.to(z)[None]                                                    # (1, C, N, N)
+        fixed_adj = self.adjacency.to(z)                                                    # (C, N, N)
+        adj = fixed_adj[None]
         gates, dgates = self._gates(z, tangent)
         if gates is not None:
             fixed = adj[:, :GATED[0]].expand(b, -1, -1, -1)
             adj = torch.cat([fixed, adj[:, GATED[0]:] * gates], dim=1)                     # (B, C, N, N)
             if tangent:                                                                     # (B, G, D * N, N)
-                dadj = (self.adjacency.to(z)[None, GATED[0]:, None] * dgates).reshape(b, len(GATED), dim * n, n)
+                dadj = (fixed_adj[None, GATED[0]:, None] * dgates).reshape(b, len(GATED), dim * n, n)
         h = torch.tanh(feats @ weights[0].T + bias[0])
         jt = None
         if tangent:
@@ -255,11 +255,6 @@ class GraphResidualMap(ResidualMap):
         dd = torch.as_tensor(d, dtype=z.dtype, device=z.device)
         jac = self.lipschitz * torch.tanh(self.gate) * torch.cat(out)
         return (dd[:, None, None] if dd.dim() else dd) * jac
-
-    def describe(self) -> dict:
-        return {"kind": "graph", "atoms": self.n_atoms, "hidden": self.hidden, "layers": len(self.weights) - 2,
-                "rbf": self.rbf, "parameters": sum(p.numel() for p in self.parameters())}
-
 
 def _cut(v, start: int, count: int):
     """A number as it is; a per-sample tensor (B,) cut to [start, start + count)."""
