@@ -78,10 +78,11 @@ def from_dict(cls, data: dict, where: str):
 
 def check_ranges(obj, section: str, rules: dict[str, str]) -> None:
     """Range checks of a config dataclass's fields: ``rules`` maps a field name to one of
-    ``'>0'``, ``'>=0'``, ``'>=1'``, ``'[0,1)'``, ``'[0,1]'``. A value outside its range (or not
+    ``'>0'``, ``'>=0'``, ``'>=-1'``, ``'>=1'``, ``'[0,1)'``, ``'[0,1]'``. A value outside its range (or not
     finite) raises :class:`ConfigError` naming ``section.key``, the value and the range."""
     import math
     tests = {">0": (lambda v: v > 0, "positive"), ">=0": (lambda v: v >= 0, ">= 0"),
+             ">=-1": (lambda v: v >= -1, ">= -1"),
              ">=1": (lambda v: v >= 1, "at least 1"), "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
              "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]")}
     for key, rule in rules.items():

@@ -38,6 +38,26 @@ def test_at_initialisation_the_map_is_the_identity_and_the_density_is_the_bases(
     assert torch.allclose(sampler.base.log_prob(d["y"]), d["log_q"], atol=1e-9)
 
 
+def test_a_closed_gate_skips_the_network_without_gradients_and_keeps_it_with_them(sampler, monkeypatch):
+    z0, _ = sampler.latent(300, torch.Generator().manual_seed(2))
+    calls = []
+    original = type(sampler.flow).log_det
+    monkeypatch.setattr(type(sampler.flow), "log_det", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    z_grad, ld_grad, sg_grad = sampler.run(z0)                    # gradients on: the full pass (the gate learns)
+    assert calls and torch.allclose(ld_grad, torch.zeros_like(ld_grad), atol=1e-12)
+    calls.clear()
+    with torch.no_grad():
+        z_skip, ld_skip, sg_skip = sampler.run(z0)
+    assert not calls                                              # gate exactly 0 and no gradients: skipped
+    assert torch.allclose(z_skip, z_grad.detach(), atol=1e-15) and torch.equal(ld_skip, torch.zeros(300).double())
+    assert (sg_skip > 0).all() and (sg_grad > 0).all()
+    opened = OneStepSampler(sampler.base, sampler.target, _opened(sampler.flow))
+    monkeypatch.setattr(type(opened.flow), "log_det", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    with torch.no_grad():
+        z_open, ld_open, _ = opened.run(z0)
+    assert calls and ld_open.abs().min() > 0 and not torch.allclose(z_open, z0)
+
+
 def test_log_det_is_the_slogdet_of_the_autograd_jacobian_and_positive(sampler):
     flow = _opened(sampler.flow)
     z, _ = sampler.latent(6, torch.Generator().manual_seed(2))

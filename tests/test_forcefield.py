@@ -72,6 +72,23 @@ def test_torsion_convention_with_general_phases(phase, n):
     assert np.abs(-g.numpy() - f_ref).max() < 1e-7
 
 
+def test_chunked_evaluation_equals_one_batch_with_gradients(target, aldp_conformations):
+    x = torch.tensor(aldp_conformations, requires_grad=True)
+    target.energy_chunk = len(x)
+    try:
+        u_one = target.energy(x)
+        (g_one,) = torch.autograd.grad(u_one.sum(), x)
+        target.energy_chunk = 37                      # chunks of 37 rows and a shorter last one
+        u_chunked = target.energy(x)
+        (g_chunked,) = torch.autograd.grad(u_chunked.sum(), x)
+    finally:
+        del target.energy_chunk                       # back to the class's value
+    # the same sums up to the order of vectorised additions (rows are independent)
+    assert torch.allclose(u_one, u_chunked, rtol=1e-13, atol=1e-12)
+    assert torch.allclose(g_one, g_chunked, rtol=1e-12, atol=1e-10)
+    assert torch.allclose(target.energy_kj(x.detach()[:5]) / target.kt, u_one.detach()[:5], rtol=1e-13)
+
+
 def test_overlapping_atoms_give_large_finite_energies(target):
     gen = torch.Generator().manual_seed(0)
     x0 = torch.as_tensor(target.positions)

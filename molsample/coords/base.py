@@ -14,7 +14,12 @@ Then p(y) = p(s) p(h | s):
 - p(s): a smoothed histogram on the torus, joint for the (phi, psi) pair of each residue and one
   per remaining soft torsion, mixed with a uniform floor so that every state is proposed;
 - p(h | s) = N(h; B f(s), L L^T): means that follow the soft torsions through Fourier features
-  f(s), fitted by weighted least squares, and the full covariance of the residuals.
+  f(s), fitted by weighted least squares, and the full covariance of the residuals; or (``local``)
+  the same Gaussian built as a sparse network along the bond graph: each near-linear coordinate
+  h_i = b_i . f_i(s) + sum_j a_ij h_j + sigma_i eps_i, regressed only on the soft torsions about
+  bonds near it (f_i) and on the earlier coordinates near it (j < i), so that the number of fitted
+  numbers grows with the molecule's size rather than with its square. It is the Gaussian with mean
+  (I - A)^-1 B^T f(s) and Cholesky factor (I - A)^-1 diag(sigma), so both fits share one form.
 
 Sampling and log_prob are exact (piecewise-constant histogram densities, a Gaussian with a constant
 Jacobian). A sample whose bond, angle or unwrapped torsion falls outside its domain has zero target
@@ -228,9 +233,15 @@ class StructuredBase:
     @classmethod
     def fit(cls, ic: InternalCoordinates, x: np.ndarray, log_w: np.ndarray | None, topology,
             stiff_below: float = 0.35, bins_2d: int = 36, bins_1d: int = 72, smooth_bins: float = 1.0,
-            floor: float = 0.05, order: int = 2, ridge: float = 1e-3, jitter: float = 1e-10) -> "StructuredBase":
+            floor: float = 0.05, order: int = 2, ridge: float = 1e-3, jitter: float = 1e-10, local: bool = False,
+            parent_bonds: int = 0, torsion_bonds: int = 0) -> "StructuredBase":
         """Fit to frames x (M, N, 3) nm with log weights (None: equal). ``topology`` (mdtraj, the
-        molecule's) gives the bonds and the backbone (phi, psi) pairs that get joint histograms."""
+        molecule's) gives the bonds and the backbone (phi, psi) pairs that get joint histograms.
+
+        ``local``: p(h | s) as the sparse network of the module docstring; a near-linear coordinate's
+        parents are the earlier ones whose atoms lie within ``parent_bonds`` bonds of its own (0: share
+        an atom; -1: none), and its mean follows the soft torsions whose axis lies within
+        ``torsion_bonds`` bonds of its atoms (-1: none, a constant mean)."""
         import mdtraj
 
         y = ic.forward(torch.as_tensor(x, dtype=torch.float64))
@@ -269,6 +280,11 @@ class StructuredBase:
         s_t, h_t = base.split(y)
         f = fourier_features(s_t, pairs, order).numpy()
         h = h_t.numpy()
+        if local:
+            h_atoms, s_atoms = base._coordinate_atoms(quads)
+            coef, chol = _fit_local_gaussian(f, h, w, _feature_torsions(len(soft), pairs, order), h_atoms, s_atoms,
+                                             _bond_distances(topology), parent_bonds, torsion_bonds, ridge, jitter)
+            return cls(ic, lead, soft, centre, groups, histograms, coef, chol, order, pairs)
         # weighted ridge regression: the penalty (relative to each feature's weighted power; none on
         # the constant) keeps the means tame where the frames are sparse
         gram = (f * w[:, None]).T @ f
@@ -280,10 +296,77 @@ class StructuredBase:
         chol = np.linalg.cholesky(cov)
         return cls(ic, lead, soft, centre, groups, histograms, coef, chol, order, pairs)
 
+    def _coordinate_atoms(self, quads: np.ndarray) -> tuple[list[set], list[set]]:
+        """The topology atoms of each near-linear coordinate (a bond's two, an angle's three, a stiff torsion's
+        four) and the axis (two atoms) of each soft torsion's group lead."""
+        zm = self.ic.zmatrix
+        o, ref = zm.order, zm.ref
+        bonds = [{int(o[i]), int(o[ref[i, 0]])} for i in range(1, zm.n_atoms)]
+        angles = [{int(o[i]), int(o[ref[i, 0]]), int(o[ref[i, 1]])} for i in range(2, zm.n_atoms)]
+        lead = self.lead.numpy()
+        h_atoms = bonds + angles + [set(map(int, quads[t])) for t in self.stiff.numpy()]
+        s_atoms = [set(map(int, quads[lead[t], 1:3])) for t in self.soft.numpy()]
+        return h_atoms, s_atoms
+
     def describe(self) -> dict:
         return {"soft_torsions": int(len(self.soft)), "stiff_coordinates": int(self.n_linear),
                 "histograms": [len(g) for g in self.groups], "pairs": len(self.pairs),
                 "fourier_order": self.order}
+
+
+def _bond_distances(topology) -> np.ndarray:
+    """(N, N) number of bonds on the shortest path between two atoms (N + 1 where there is none)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+    n = topology.n_atoms
+    ij = np.array([(b[0].index, b[1].index) for b in topology.bonds], dtype=int).reshape(-1, 2)
+    adj = coo_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(n, n))
+    d = shortest_path(adj, directed=False, unweighted=True)
+    return np.where(np.isfinite(d), d, n + 1).astype(int)
+
+
+def _feature_torsions(k: int, pairs: list[tuple[int, int]], order: int) -> list[set]:
+    """Per column of :func:`fourier_features`, the soft torsions it depends on (the constant: none)."""
+    cols: list[set] = [set()]
+    for _ in range(order):
+        cols += [{j} for j in range(k)] * 2
+    for a, b in pairs:
+        cols += [{a, b}] * 4
+    return cols
+
+
+def _fit_local_gaussian(f: np.ndarray, h: np.ndarray, w: np.ndarray, feature_torsions: list[set],
+                        h_atoms: list[set], s_atoms: list[set], dist: np.ndarray, parent_bonds: int,
+                        torsion_bonds: int, ridge: float, jitter: float) -> tuple[np.ndarray, np.ndarray]:
+    """The sparse Gaussian network of p(h | s) (module docstring) by weighted ridge regression per coordinate:
+    h_i on its local feature columns of f (penalised by ``ridge`` relative to each column's weighted power) and
+    on its parents' values (penalised by ``jitter`` times their variance, a guard against exactly collinear
+    parents). With every coordinate a parent of the later ones and every torsion feeding every mean (large
+    radii), ``ridge`` = 0 and ``jitter`` = 0, this is the full fit's Gaussian (the maximum-likelihood Gaussian
+    regression factorises into these sequential regressions). Returns (coef (F, m), chol (m, m) lower)."""
+    m = h.shape[1]
+
+    def near(a: set, b: set) -> int:
+        return int(dist[np.ix_(list(a), list(b))].min())
+
+    power = w @ f ** 2
+    var = w @ (h - w @ h) ** 2
+    a_mat, b_mat, sigma = np.zeros((m, m)), np.zeros((f.shape[1], m)), np.zeros(m)
+    for i in range(m):
+        local = {j for j, atoms in enumerate(s_atoms) if near(h_atoms[i], atoms) <= torsion_bonds}
+        cols = [c for c, tors in enumerate(feature_torsions) if tors <= local]
+        parents = [j for j in range(i) if near(h_atoms[i], h_atoms[j]) <= parent_bonds]
+        design = np.concatenate([f[:, cols], h[:, parents]], axis=1)
+        gram = (design * w[:, None]).T @ design
+        penalty = np.r_[ridge * power[cols] * (np.asarray(cols) > 0), jitter * var[parents]]
+        beta = np.linalg.solve(gram + np.diag(penalty), (design * w[:, None]).T @ h[:, i])
+        resid = h[:, i] - design @ beta
+        sigma[i] = math.sqrt((w @ resid ** 2) * (1 + jitter) + 1e-14)
+        b_mat[cols, i] = beta[:len(cols)]
+        a_mat[i, parents] = beta[len(cols):]
+    # (I - A) h = B^T f + diag(sigma) eps: unit lower triangular, so (I - A)^-1 is too
+    inv = np.linalg.solve(np.eye(m) - a_mat, np.eye(m))
+    return b_mat @ inv.T, np.tril(inv) * sigma
 
 
 def _std_normal_log_prob(eps: torch.Tensor) -> torch.Tensor:

@@ -35,15 +35,23 @@ class ICBaseConfig:
     refine_rounds: int = 0                 # refits of the base to its own draws weighted by exp(-u) / q
     refine_samples: int = 100000           # draws per refit
     refine_min_ess: float = 0.0            # refit to w^beta, beta <= 1 the largest whose Kish ESS is at least this
+    local: bool = False                    # p(h | s) as a sparse network along the bond graph (else one full covariance)
+    parent_bonds: int = 0                  # local: earlier coordinates within this many bonds are parents (-1: none)
+    torsion_bonds: int = 0                 # local: soft torsions about bonds within this many bonds feed the mean (-1: none)
 
     def __post_init__(self):
         check_ranges(self, "base", {"stiff_below": ">=0", "bins_2d": ">=1", "bins_1d": ">=1", "smooth_bins": ">=0",
                                     "floor": "[0,1]", "order": ">=0", "ridge": ">=0", "refine_rounds": ">=0",
-                                    "refine_samples": ">=1", "refine_min_ess": "[0,1]"})
+                                    "refine_samples": ">=1", "refine_min_ess": "[0,1]", "parent_bonds": ">=-1",
+                                    "torsion_bonds": ">=-1"})
+        if not self.local:
+            for key in ("parent_bonds", "torsion_bonds"):
+                if getattr(self, key) != 0:
+                    raise ConfigError(f"base.{key}: applies to the local network only (set base.local: true)")
 
     def fit_kwargs(self) -> dict:
         return {k: getattr(self, k) for k in ("stiff_below", "bins_2d", "bins_1d", "smooth_bins", "floor", "order",
-                                              "ridge")}
+                                              "ridge", "local", "parent_bonds", "torsion_bonds")}
 
 
 @dataclasses.dataclass(frozen=True)

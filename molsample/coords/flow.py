@@ -30,6 +30,10 @@ class ResidualMap(nn.Module):
     (0: the identity), the wrapped step and the exact log-det from its :meth:`jacobian`. Subclasses set
     k, m, lipschitz, step_conditioned and define ``velocity`` and ``jacobian``."""
 
+    def is_identity(self) -> bool:
+        """True when the gate is exactly 0: the step is z' = z, det 1 (a base alone, or a map before training)."""
+        return bool(self.gate.detach() == 0)
+
     def normalised(self) -> list[torch.Tensor]:
         """Each weight divided by max(1, its exact spectral norm): every layer 1-Lipschitz."""
         return [w / torch.clamp(torch.linalg.matrix_norm(w, ord=2), min=1.0) for w in self.weights]
@@ -143,9 +147,13 @@ class OneStepSampler:
         if steps != 1 and not self.flow.step_conditioned:
             raise ValueError(f"{steps} steps: this map is not step-conditioned (map.step_conditioned: false), so "
                              "only its one step is defined")
-        weights = self.flow.normalised() if weights is None else weights
         n = z0.shape[0]
         log_det, sign = torch.zeros(n, dtype=z0.dtype), torch.ones(n, dtype=z0.dtype)
+        if not torch.is_grad_enabled() and self.flow.is_identity():
+            # the gate is 0: every step is exactly the identity (no network pass, no Jacobian); with
+            # gradients on, the pass is kept, since the gate's gradient goes through it
+            return z0, log_det, sign
+        weights = self.flow.normalised() if weights is None else weights
         z, d = z0, 1.0 / steps
         for i in range(steps):
             t = i * d
