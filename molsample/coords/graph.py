@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..nn.equivariant import atom_parameters, bond_graph_classes
-from .flow import ResidualMap
+from .flow import ResidualMap, _rows
 
 ELEMENTS = ("H", "C", "N", "O", "S", "P")      # one-hot; any other element shares a last column
 N_CLASSES = 4                                   # bond-graph distance classes 1, 2, 3, >= 4
@@ -248,20 +248,13 @@ class GraphResidualMap(ResidualMap):
         out = []
         for i in range(0, n, chunk):
             zb = z[i:i + chunk]
-            tb, db = (_cut(v, i, zb.shape[0]) for v in (t, d))
+            tb, db = (_rows(v, i, zb.shape[0]) for v in (t, d))
             _, jt = self._propagate(zb, weights, tb, db, tangent=True)
             jt = jt.transpose(1, 2).reshape(zb.shape[0], dim, self.n_atoms * N_SLOTS)
             out.append((jt @ gather).transpose(1, 2))
         dd = torch.as_tensor(d, dtype=z.dtype, device=z.device)
         jac = self.lipschitz * torch.tanh(self.gate) * torch.cat(out)
         return (dd[:, None, None] if dd.dim() else dd) * jac
-
-def _cut(v, start: int, count: int):
-    """A number as it is; a per-sample tensor (B,) cut to [start, start + count)."""
-    if isinstance(v, torch.Tensor) and v.dim():
-        return v[start:start + count]
-    return v
-
 
 def _distances(x: torch.Tensor) -> torch.Tensor:
     """(B, N, N) pairwise distances of (B, N, 3) positions (kept off zero on the diagonal)."""
