@@ -8,7 +8,8 @@ MBAR estimate with its error; the difference in combined standard errors. Also t
 det <= 0 count of each file.
 
     python benchmarks/peptide_states.py --system ala3 --reference systems/ala3/reference/ala3_pt_2x2ns.npz \
-        runs/ala3_eval/s1.npz runs/ala3_eval/s2.npz [--json out.json]
+        [--reference systems/ala3/reference/ala3_pt_2x2.5ns_s34.npz] runs/ala3_eval/s1.npz runs/ala3_eval/s2.npz \
+        [--json out.json]
 """
 from __future__ import annotations
 
@@ -34,16 +35,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("samples", nargs="+", help="`molsample sample` .npz files (independent seeds)")
     ap.add_argument("--system", required=True)
-    ap.add_argument("--reference", required=True, help="a `pack-reference pt` file with per-residue estimates")
+    ap.add_argument("--reference", required=True, action="append",
+                    help="a `pack-reference pt` file with per-residue estimates; given more than once, the files' runs "
+                         "are pooled (the mean of the runs' populations, its error the larger of the runs' spread "
+                         "and their own errors)")
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     target = load_target(args.system)
-    ref = json.loads(str(np.load(args.reference, allow_pickle=False)["estimates"]))
-    ref_res = ref.get("per_residue_phi_positive")
-    if not ref_res:
-        print(f"{args.reference}: no per-residue estimates (not a replica-exchange file of a peptide)", file=sys.stderr)
-        return 2
+    ref_res = {}
+    for path in args.reference:
+        res = json.loads(str(np.load(path, allow_pickle=False)["estimates"])).get("per_residue_phi_positive")
+        if not res:
+            print(f"{path}: no per-residue estimates (not a replica-exchange file of a peptide)", file=sys.stderr)
+            return 2
+        for name, est in res.items():
+            ref_res.setdefault(name, []).append(est)
+    ref_res = {name: (ests[0]["p_phi_positive"] if len(ests) == 1 else _pooled_runs(ests)) for name, ests in ref_res.items()}
     rng = np.random.default_rng(0)
     per_file = []
     for f in args.samples:
@@ -57,7 +65,8 @@ def main(argv=None) -> int:
             row["residues"][name] = {"p": est.value, "p_se": est.stderr}
         per_file.append(row)
     out = {"system": args.system, "reference": args.reference, "files": per_file, "residues": {}}
-    lines = [f"# {args.system}: each residue's phi > 0 state, one-step samples vs {Path(args.reference).name}", "",
+    refs = " + ".join(Path(r).name for r in args.reference)
+    lines = [f"# {args.system}: each residue's phi > 0 state, one-step samples vs {refs}", "",
              "| file | Kish ESS | det <= 0 | " + " | ".join(f"p(phi > 0) {n}" for n in ref_res) + " |",
              "|---|---|---|" + "---|" * len(ref_res)]
     for row in per_file:
@@ -72,7 +81,7 @@ def main(argv=None) -> int:
         se_spread = float(ps.std(ddof=1) / math.sqrt(len(ps))) if len(ps) > 1 else 0.0
         p, se = float(ps.mean()), max(se_boot, se_spread)
         mine = delta_f_from_fraction(p, se)
-        rp = ref_res[name]["p_phi_positive"]
+        rp = ref_res[name]
         ref_df = delta_f_from_fraction(float(rp["value"]), float(rp["stderr"]))
         dfs, dfs_se, rdf, rdf_se = mine["value"], mine["stderr"], ref_df["value"], ref_df["stderr"]
         z = (dfs - rdf) / math.hypot(dfs_se, rdf_se) if math.isfinite(dfs) and math.isfinite(rdf) else math.nan
@@ -84,6 +93,17 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
+
+
+def _pooled_runs(estimates: list[dict]) -> dict:
+    """One p(phi > 0) from the runs of several references: the mean of every run's population, its error the larger
+    of the runs' standard error of the mean and their own errors combined."""
+    runs = [r for est in estimates for r in est["runs"]]
+    p = np.array([r["value"] for r in runs])
+    se = np.array([r["stderr"] for r in runs])
+    spread = float(p.std(ddof=1) / math.sqrt(len(p)))
+    return {"value": float(p.mean()), "stderr": max(spread, float(np.sqrt((se ** 2).sum()) / len(p))),
+            "runs": len(p), "spread_se": spread}
 
 
 if __name__ == "__main__":
