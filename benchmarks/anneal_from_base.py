@@ -23,15 +23,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))          # ic_base_heldout's setup
 
 
 def main(argv=None) -> int:
+    from ic_base_heldout import setup
+
     from molsample.coords.base import StructuredBase
-    from molsample.coords.target import InternalCoordinateTarget, wrap
-    from molsample.coords.transform import InternalCoordinates
-    from molsample.data import load_frames
+    from molsample.coords.target import wrap
     from molsample.estimate import ess
-    from molsample.targets import load_target
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--system", default="ala3")
     ap.add_argument("--frames", default="systems/ala3/reference/ala3_pt_2x2ns.npz")
@@ -41,11 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=20000, help="fresh draws for the refitted base's ESS (seeds 1, 2)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cart = load_target(args.system)
-    ic = InternalCoordinates(cart.topology)
-    target = InternalCoordinateTarget(cart, ic=ic)
-    x, lw = load_frames(args.frames, cart)
-    kw = dict(stiff_below=0.35, bins_2d=36, bins_1d=72, smooth_bins=1.0, floor=0.02, order=2, ridge=0.1, local=True)
+    cart, ic, target, x, lw, recipe = setup(args.system, args.frames)
+    kw = {**recipe, "local": True, "ridge": 0.1}          # the local base of benchmarks/ic_base_heldout.py
     base = StructuredBase.fit(ic, x, lw, cart.topology, **kw)
     k = len(base.soft)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 VARIANTS = {
     "full covariance": {},
@@ -35,13 +36,26 @@ VARIANTS = {
 }
 
 
-def main(argv=None) -> int:
-    from molsample.coords.base import StructuredBase
+RECIPE = ROOT / "configs" / "ala3-ic.yaml"      # the untuned recipe whose base settings both variants start from
+
+
+def setup(system: str, frames: str):
+    """(Cartesian target, internal coordinates, internal-coordinate target, frames, their log weights, the base
+    fit settings of configs/ala3-ic.yaml) for the base diagnostics in benchmarks/."""
+    from molsample.coords.config import ICExperimentConfig
     from molsample.coords.target import InternalCoordinateTarget
     from molsample.coords.transform import InternalCoordinates
     from molsample.data import load_frames
-    from molsample.estimate import ess
     from molsample.targets import load_target
+    cart = load_target(system)
+    ic = InternalCoordinates(cart.topology)
+    x, lw = load_frames(frames, cart)
+    return cart, ic, InternalCoordinateTarget(cart, ic=ic), x, lw, ICExperimentConfig.load(RECIPE).base.fit_kwargs()
+
+
+def main(argv=None) -> int:
+    from molsample.coords.base import StructuredBase
+    from molsample.estimate import ess
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--system", default="ala3")
     ap.add_argument("--frames", default="systems/ala3/reference/ala3_pt_2x2ns.npz")
@@ -50,12 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--refit-draws", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cart = load_target(args.system)
-    ic = InternalCoordinates(cart.topology)
-    target = InternalCoordinateTarget(cart, ic=ic)
-    x, lw = load_frames(args.frames, cart)
+    cart, ic, target, x, lw, kw = setup(args.system, args.frames)
     half = np.arange(len(x)) < len(x) // 2
-    kw = dict(stiff_below=0.35, bins_2d=36, bins_1d=72, smooth_bins=1.0, floor=0.02, order=2, ridge=1e-3)
 
     def mean_log_q(base, frames):
         return float(base.log_prob(ic.forward(torch.as_tensor(frames, dtype=torch.float64))).mean())

@@ -281,9 +281,10 @@ class StructuredBase:
         f = fourier_features(s_t, pairs, order).numpy()
         h = h_t.numpy()
         if local:
+            from ..nn.equivariant import bond_distances
             h_atoms, s_atoms = base._coordinate_atoms(quads)
             coef, chol = _fit_local_gaussian(f, h, w, _feature_torsions(len(soft), pairs, order), h_atoms, s_atoms,
-                                             _bond_distances(topology), parent_bonds, torsion_bonds, ridge, jitter)
+                                             bond_distances(topology), parent_bonds, torsion_bonds, ridge, jitter)
             return cls(ic, lead, soft, centre, groups, histograms, coef, chol, order, pairs)
         # weighted ridge regression: the penalty (relative to each feature's weighted power; none on
         # the constant) keeps the means tame where the frames are sparse
@@ -312,17 +313,6 @@ class StructuredBase:
         return {"soft_torsions": int(len(self.soft)), "stiff_coordinates": int(self.n_linear),
                 "histograms": [len(g) for g in self.groups], "pairs": len(self.pairs),
                 "fourier_order": self.order}
-
-
-def _bond_distances(topology) -> np.ndarray:
-    """(N, N) number of bonds on the shortest path between two atoms (N + 1 where there is none)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import shortest_path
-    n = topology.n_atoms
-    ij = np.array([(b[0].index, b[1].index) for b in topology.bonds], dtype=int).reshape(-1, 2)
-    adj = coo_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(n, n))
-    d = shortest_path(adj, directed=False, unweighted=True)
-    return np.where(np.isfinite(d), d, n + 1).astype(int)
 
 
 def _feature_torsions(k: int, pairs: list[tuple[int, int]], order: int) -> list[set]:

@@ -185,20 +185,23 @@ def atom_parameters(target) -> list[tuple[str, float, float, float]]:
     return out
 
 
+def bond_distances(topology) -> np.ndarray:
+    """(N, N) number of bonds on the shortest path between two atoms (0 on the diagonal, N + 1 where there is
+    no path)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+    n = topology.n_atoms
+    ij = np.array([(b[0].index, b[1].index) for b in topology.bonds], dtype=int).reshape(-1, 2)
+    adj = coo_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(n, n))
+    d = shortest_path(adj, directed=False, unweighted=True)
+    return np.where(np.isfinite(d), d, n + 1).astype(int)
+
+
 def bond_graph_classes(topology) -> np.ndarray:
     """(N, N) bond-graph distance class of every atom pair: 1, 2, 3 or >= 4 bonds apart as 0-3
     (the diagonal, never bonded to itself, falls in class 3)."""
-    n = topology.n_atoms
-    adj = np.zeros((n, n), dtype=bool)
-    for a, b in topology.bonds:
-        adj[a.index, b.index] = adj[b.index, a.index] = True
-    dist = np.full((n, n), 4)
-    reach, cur = np.eye(n, dtype=bool), np.eye(n, dtype=bool)
-    for k in range(1, 4):
-        cur = (cur.astype(int) @ adj.astype(int)) > 0
-        new = cur & ~reach
-        dist[new] = k
-        reach |= cur
+    dist = bond_distances(topology)
+    np.fill_diagonal(dist, 4)
     return np.clip(dist, 1, 4) - 1
 
 
