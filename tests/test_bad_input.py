@@ -181,6 +181,7 @@ def test_config_values_out_of_range(capsys, tmp_path, override, key):
     (["train", str(TINY), "--iterations", "0"], "--iterations"),
     (["umbrella", "aldp", "--windows", "0"], "--windows"),
     (["umbrella", "aldp", "--kappa", "-1"], "--kappa"),
+    (["umbrella", "aldp", "--residue", "0"], "--residue"), (["umbrella", "ala3", "--residue", "4"], "--residue"),
     (["mcmc", "gmm40", "--chains", "0"], "--chains"),
     (["quickstart", "--n", "-3"], "--n"),
 ])

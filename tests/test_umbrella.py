@@ -288,3 +288,64 @@ def test_decorrelation_follows_the_slowest_observable_the_estimates_depend_on(tm
     assert w["slowest_observable"][2] == "omega" and w["n_decorrelated"][2] < n / 20
     assert w["g_by_observable"]["energy"][4] > 20 and w["n_decorrelated"][4] > n / 3
     assert max(w["g"][k] for k in (0, 1, 3, 5)) < 3
+
+
+def test_residue_selects_each_residue_backbone_of_a_longer_peptide(tmp_path):
+    # ala3 has three (phi, psi) pairs; --residue k restrains the k-th, whose atoms are mdtraj's k-th phi and psi,
+    # and the run records which residue its estimates belong to
+    import mdtraj
+    from molsample.targets import load_target
+    from molsample.umbrella import backbone_residues, dihedral_atoms, residue_name
+    t = load_target("ala3")
+    traj = mdtraj.Trajectory(np.asarray(t.positions, dtype=np.float32)[None], t.topology)
+    phi_idx, _ = mdtraj.compute_phi(traj)
+    psi_idx, _ = mdtraj.compute_psi(traj)
+    assert [r[0] for r in backbone_residues(t.topology)] == ["ALA2", "ALA3", "ALA4"]
+    for k in (1, 2, 3):
+        assert dihedral_atoms(t.topology, "phi", k) == phi_idx[k - 1].tolist()
+        assert dihedral_atoms(t.topology, "psi", k) == psi_idx[k - 1].tolist()
+        assert residue_name(t.topology, k) == f"ALA{k + 1}"
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        dihedral_atoms(t.topology, "phi", 4)
+    aldp = load_target("aldp")
+    assert dihedral_atoms(aldp.topology, "phi") == dihedral_atoms(aldp.topology, "phi", 1)
+    with pytest.raises(ValueError, match="between 1 and 1"):
+        residue_name(aldp.topology, 2)
+    s = UmbrellaSettings(system="ala3", residue=3, windows=2, kappa=5.0, ns_per_window=0.002, equilibration_ps=0.5,
+                         steer_ps=1.0, sample_every=20, frame_every=200)
+    meta = run_umbrella(s, tmp_path / "u.npz", workers=1, progress=False)
+    assert meta["estimates"]["residue"] == "ALA4" and meta["settings"]["residue"] == 3
+    w = np.load(next((tmp_path / "u.windows").glob("window_*.npz")))
+    from molsample.umbrella import dihedral
+    assert np.allclose(w["phi"][::10], dihedral(w["xyz"].astype(np.float64), dihedral_atoms(t.topology, "phi", 3)),
+                       atol=1e-5)
+    # compare reads the reference's residue and measures the sample's angles of that residue, not the first one's
+    from molsample.analysis.compare import compare
+    from molsample.analysis.ensembles import Ensemble, load_ensemble
+    ref = load_ensemble([tmp_path / "u.npz"], t)
+    x = w["xyz"].astype(np.float64)
+    sample = Ensemble.from_samples(x, None, t, "frames")
+    assert np.allclose(sample.phi, dihedral(x, dihedral_atoms(t.topology, "phi", 1)))
+    m = compare(sample, ref, t)
+    assert m["residue"] == "ALA4"
+    assert np.allclose(sample.phi, dihedral(x, dihedral_atoms(t.topology, "phi", 3)))
+    other = load_ensemble([tmp_path / "u.npz"], t)
+    other.external["residue"] = "ALA3"
+    with pytest.raises(ValueError, match="different residues"):
+        compare(other, ref, t)
+
+
+def test_runs_of_different_residues_are_not_pooled():
+    from molsample.analysis.reference import combine_estimates
+    def run(residue, df):
+        e = {"dF_phi_positive_minus_negative_kT": {"value": df, "stderr": 0.2},
+             "p_phi_positive": {"value": 1 / (1 + math.exp(df)), "stderr": 0.01},
+             "basins": {"alpha_L": {"value": 0.02, "stderr": 0.005}}}
+        return {**e, "residue": residue} if residue else e
+    both = combine_estimates([run("ALA3", 4.0), run("ALA3", 5.0)])
+    assert both["residue"] == "ALA3" and both["dF_phi_positive_minus_negative_kT"]["value"] == pytest.approx(4.5)
+    assert "residue" not in combine_estimates([run(None, 4.0), run(None, 5.0)])
+    with pytest.raises(ValueError, match="different residues"):
+        combine_estimates([run("ALA2", 4.0), run("ALA3", 5.0)])
+    with pytest.raises(ValueError, match="different residues"):
+        combine_estimates([run(None, 4.0), run("ALA3", 5.0)])

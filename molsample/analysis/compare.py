@@ -175,8 +175,37 @@ def particle_metrics(sample: Ensemble, ref: Ensemble, target, use_weights: bool,
     return out
 
 
+def _same_residue(sample: Ensemble, ref: Ensemble, target) -> str | None:
+    """The residue whose (phi, psi) both ensembles' angles describe. An umbrella reference restrains one residue's
+    angles (``external['residue']``; the first residue with phi and psi unless the run chose another); the
+    angles of an ensemble of conformations (samples, MD) are the first residue's until this recomputes them
+    for the reference's residue. Two files of different residues are refused."""
+    names = [(e.label, e.external.get("residue")) for e in (sample, ref) if e.external.get("residue")]
+    if len({v for _, v in names}) > 1:
+        raise ValueError("the two files describe different residues' angles: "
+                         + ", ".join(f"{k}: {v}" for k, v in names))
+    if not names or target.topology is None:
+        return None
+    name = names[0][1]
+    from ..umbrella.windows import backbone_residues, dihedral
+    res = {r[0]: r for r in backbone_residues(target.topology)}
+    if name not in res:
+        raise ValueError(f"residue {name!r} of the reference is not one of {target.name}'s ({', '.join(res)})")
+    if name == next(iter(res)):
+        return name                        # the first residue: every ensemble's angles are already its own
+    for e in (sample, ref):
+        if e.external.get("residue") or e.phi is None:
+            continue
+        if e.x is None or len(e.phi) != len(e.x):
+            raise ValueError(f"{e.label} holds the first residue's angles for more rows than it has conformations, "
+                             f"so they cannot be recomputed for {name}")
+        e.phi, e.psi = dihedral(e.x, res[name][1]), dihedral(e.x, res[name][2])
+    return name
+
+
 def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
     """All metrics of ``sample`` against ``ref`` (raw and, when the sample has weights, reweighted)."""
+    residue = _same_residue(sample, ref, target)
     variants = {"raw": False} if sample.log_w is None and sample.angle_log_w is None else {"raw": False,
                                                                                             "reweighted": True}
     if sample.kind in ("md", "umbrella", "replica-exchange"):
@@ -197,6 +226,8 @@ def compare(sample: Ensemble, ref: Ensemble, target) -> dict:
                                 "of the summed squared distance (alternating Kabsch/Hungarian, an upper "
                                 "estimate); energy_w2_squared: W2^2 as DEM-family papers report (POT emd2_1d); "
                                 "dem_convention: energies with every LJ pair counted twice"}}
+    if residue is not None:
+        metrics["residue"] = residue
     if sample.log_w is not None:
         metrics["sample"]["ess"] = kish_ess(sample.log_w, n_boot=100).as_dict()   # -inf = zero weight
     if sample.folded_fraction is not None:

@@ -51,7 +51,14 @@ def combine_estimates(runs: list[dict]) -> dict:
     """Estimates of independent runs of one reference method (different seeds) combined: dF(phi > 0 vs
     phi < 0), p(phi > 0) and the basin populations by the mean over runs, and each run's own
     figures under 'runs' (the independent halves a reference is checked with)."""
+    residues = {r.get("residue") for r in runs}
+    if len(residues) > 1:       # an umbrella run restrains one residue's angles; runs of different residues differ
+        raise ValueError("the runs restrain different residues' angles ("
+                         + ", ".join(sorted(str(r or "the first residue") for r in residues)) + "); pack each "
+                         "residue's runs into its own reference")
     out = {key: _combine([r[key] for r in runs]) for key in ("dF_phi_positive_minus_negative_kT", "p_phi_positive")}
+    if residues != {None}:
+        out["residue"] = residues.pop()
     out["basins"] = {name: _combine([r["basins"][name] for r in runs]) for name in runs[0]["basins"]}
     out["runs"] = [{"dF_phi_positive_minus_negative_kT": {"value": r["dF_phi_positive_minus_negative_kT"]["value"],
                                                           "stderr": _run_se(r["dF_phi_positive_minus_negative_kT"])},
@@ -123,6 +130,8 @@ def load_packed_runs(file: Path, kind: str | None = None) -> list[dict]:
         p = 1.0 / (1.0 + math.exp(dF["value"]))                 # p(phi > 0) from the run's dF, delta-method error
         e = {"dF_phi_positive_minus_negative_kT": dF, "basins": r["basins"],
              "p_phi_positive": {"value": p, "stderr": dF["stderr"] * p * (1 - p)}}
+        if est.get("residue"):
+            e["residue"] = est["residue"]
         run = {"estimates": e, "settings": settings[i] if i < len(settings) else {}, "meta": meta, "share": 0,
                "phi": np.zeros(0), "psi": np.zeros(0), "log_w": np.zeros(0), "energy": np.zeros(0),
                "frames_xyz": np.zeros((0,) + d["frames_xyz"].shape[1:]), "frames_log_w": np.zeros(0)}
@@ -166,6 +175,12 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
             runs.append(load_umbrella_run(f, stride) if kind == "umbrella" else load_replica_run(f, stride))
     for r in runs:
         r.setdefault("share", 1)
+    if kind == "umbrella" and target.topology is not None:   # a run without a residue restrained the first one
+        from ..umbrella.windows import backbone_residues
+        first = backbone_residues(target.topology)
+        for r in runs:
+            if first and not r["estimates"].get("residue"):
+                r["estimates"]["residue"] = first[0][0]
     rng = np.random.default_rng(0)
     cum = np.cumsum([0] + [r["share"] for r in runs]) / len(runs)
     per_run = np.diff((cum * n_frames).round().astype(int))

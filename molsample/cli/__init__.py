@@ -110,6 +110,9 @@ def _reference_commands(sub) -> None:
     p.add_argument("system")
     p.add_argument("--dihedral", choices=("phi", "psi", "phi+psi"), default="phi",
                    help="restrained angle(s); phi+psi is a 2D grid of windows x windows")
+    p.add_argument("--residue", type=positive_int, default=1,
+                   help="whose phi and psi: the k-th residue that has both (1, the default, is the first; "
+                        "ala3 has ALA2, ALA3, ALA4)")
     p.add_argument("--windows", default="36",
                    help="windows per restrained angle; for phi+psi one number or two (e.g. 30,18)")
     p.add_argument("--kappa", default="200", help="restraint constant, kJ/mol/rad^2; one number or one per angle")

@@ -100,7 +100,7 @@ def _cmd_umbrella(args) -> int:
                                 kappa=_per_angle_arg(args.kappa, "--kappa", float),
                                 ns_per_window=args.ns_per_window, equilibration_ps=args.equilibration,
                                 steer_ps=args.steer, temperature=args.temperature, platform=args.platform,
-                                seed=args.seed)
+                                seed=args.seed, residue=args.residue)
     from ..io import check_output
     from ..runtime import check_platform
 
@@ -112,7 +112,7 @@ def _cmd_umbrella(args) -> int:
         print(json.dumps(meta, indent=2))
         return 0
     d = est["dF_phi_positive_minus_negative_kT"]
-    print(f"# umbrella sampling along {args.dihedral}: {args.windows} windows x {args.ns_per_window} ns, "
+    print(f"# umbrella sampling along {est['residue']}'s {args.dihedral}: {args.windows} windows x {args.ns_per_window} ns, "
           f"{meta['cpu_seconds_windows'] / 60:.1f} CPU-min; wrote {out} and {Path(out).with_suffix('.json')}")
     print(f"dF(phi > 0 vs phi < 0) = {d['value']:.3f} +- {d['stderr']:.3f} kT")
     for name, v in est["basins"].items():

@@ -20,8 +20,8 @@ from ..md import langevin_context
 from ..runtime import progress_bar
 from .mbar import mbar_analysis
 from .windows import (RESTRAINT_EXPRESSION, RESTRAINT_GROUP, UmbrellaSettings, _settings_json, all_centres, chains,
-                      chirality, chirality_atoms, dihedral, dihedral_atoms, kappas, omega_atoms, restrained_angles,
-                      windows_per_angle, wrap_angle)
+                      chirality, chirality_atoms, dihedral, dihedral_atoms, kappas, omega_atoms, residue_name,
+                      restrained_angles, windows_per_angle, wrap_angle)
 
 
 def add_restraints(system, topology, settings: "UmbrellaSettings") -> list[str]:
@@ -34,7 +34,7 @@ def add_restraints(system, topology, settings: "UmbrellaSettings") -> list[str]:
         f = openmm.CustomTorsionForce(RESTRAINT_EXPRESSION.format(k=f"kappa_{name}", t0=f"theta0_{name}"))
         f.addGlobalParameter(f"kappa_{name}", k)
         f.addGlobalParameter(f"theta0_{name}", 0.0)
-        f.addTorsion(*dihedral_atoms(topology, name), [])
+        f.addTorsion(*dihedral_atoms(topology, name, settings.residue), [])
         f.setForceGroup(RESTRAINT_GROUP)
         system.addForce(f)
         params.append(f"theta0_{name}")
@@ -52,9 +52,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _geometry(xyz: np.ndarray, topology) -> dict:
-    """phi, psi (float64), omega torsions (n, n_bonds) and CA chirality volumes (n, n_residues) of frames."""
-    return {"phi": dihedral(xyz, dihedral_atoms(topology, "phi")), "psi": dihedral(xyz, dihedral_atoms(topology, "psi")),
+def _geometry(xyz: np.ndarray, topology, residue: int = 1) -> dict:
+    """phi, psi (float64) of the ``residue``-th residue with both, omega torsions (n, n_bonds) and CA chirality
+    volumes (n, n_residues) of frames."""
+    return {"phi": dihedral(xyz, dihedral_atoms(topology, "phi", residue)),
+            "psi": dihedral(xyz, dihedral_atoms(topology, "psi", residue)),
             "omega": np.stack([dihedral(xyz, q) for q in omega_atoms(topology)], axis=1),
             "chirality": np.stack([chirality(xyz, q) for q in chirality_atoms(topology)], axis=1)}
 
@@ -97,7 +99,7 @@ def run_chain(settings: UmbrellaSettings, chain_id: int, ks: list[int], workdir:
             for name, kap in zip(names, kappas(settings)):
                 ctx.setParameter(f"kappa_{name}", kap)
             x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)[None]
-            geo = _geometry(x, target.topology)
+            geo = _geometry(x, target.topology, settings.residue)
             s = np.array([geo[n][0] for n in names])
             delta = wrap_angle(centres[k] - s)
             ctx.setVelocitiesToTemperature(temperature * unit.kelvin, settings.seed * 1000 + chain_id + 1)
@@ -124,7 +126,7 @@ def run_chain(settings: UmbrellaSettings, chain_id: int, ks: list[int], workdir:
             energy[i] = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
             restraint[i] = ctx.getState(getEnergy=True, groups={RESTRAINT_GROUP}).getPotentialEnergy().value_in_unit(
                 unit.kilojoule_per_mole)
-        geo = _geometry(xyz, target.topology)
+        geo = _geometry(xyz, target.topology, settings.residue)
         ref = _geometry(np.asarray(target.positions)[None], target.topology)["chirality"][0]
         last = ctx.getState(getPositions=True, getVelocities=True)
         save_samples(out, "umbrella-window", None, centre=centres[k], phi=geo["phi"], psi=geo["psi"], omega=geo["omega"],
@@ -154,7 +156,7 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     if not (target.has_openmm and target.molecular):
         raise ValueError(f"system {settings.system!r}: umbrella sampling needs a molecule with an OpenMM force field")
     for name in restrained_angles(settings):
-        dihedral_atoms(target.topology, name)
+        dihedral_atoms(target.topology, name, settings.residue)
     if out.suffix != ".npz":
         raise ValueError(f"--out must be a .npz file, got {str(out)!r}")
     if workers is not None and workers < 1:
@@ -173,7 +175,7 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     t0 = time.perf_counter()
     workers = workers or os.cpu_count() or 1
     target = load_target(settings.system)
-    geo = _geometry(np.asarray(target.positions)[None], target.topology)
+    geo = _geometry(np.asarray(target.positions)[None], target.topology, settings.residue)
     paths = chains(settings, workers, np.array([geo[n][0] for n in restrained_angles(settings)]))
     n_windows = len(all_centres(settings))
     done = lambda: sum(1 for _ in workdir.glob("window_*.npz"))
@@ -194,6 +196,7 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     kt = target.kt
     c_analysis = time.process_time()
     res, log_w, phi, psi = mbar_analysis(settings, files, kt)
+    res["residue"] = residue_name(target.topology, settings.residue)
     c_analysis = time.process_time() - c_analysis
     data = [np.load(f) for f in files]
     energy = np.concatenate([d["energy"] for d in data])

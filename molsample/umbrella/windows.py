@@ -29,22 +29,47 @@ class UmbrellaSettings:
     temperature: float | None = None
     platform: str = "Reference"
     seed: int = 0
+    residue: int = 1                   # whose (phi, psi): the k-th residue that has both (1 = the first)
 
 
 def _settings_json(settings: UmbrellaSettings) -> dict:
     return json.loads(json.dumps(asdict(settings)))
 
 
-def dihedral_atoms(topology, name: str) -> list[int]:
-    """Atom indices of phi or psi of the first residue that has it."""
+def backbone_residues(topology) -> list[tuple[str, list[int], list[int]]]:
+    """(name, phi atoms, psi atoms) of every residue that has both backbone torsions, in chain order
+    (e.g. ALA2 of alanine dipeptide; ALA2, ALA3, ALA4 of the capped tetrapeptide). A residue is named as
+    mdtraj prints it; phi belongs to the residue of its N atom, psi to the residue of its CA atom."""
     import mdtraj
-    fn = {"phi": mdtraj.compute_phi, "psi": mdtraj.compute_psi}.get(name)
-    if fn is None:
+    traj = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology)
+    phi, _ = mdtraj.compute_phi(traj)
+    psi, _ = mdtraj.compute_psi(traj)
+    by_res = {int(topology.atom(int(q[1])).residue.index): [int(i) for i in q] for q in psi}
+    out = []
+    for q in phi:
+        res = topology.atom(int(q[1])).residue
+        if res.index in by_res:
+            out.append((str(res), [int(i) for i in q], by_res[res.index]))
+    return out
+
+
+def dihedral_atoms(topology, name: str, residue: int = 1) -> list[int]:
+    """Atom indices of phi or psi of the ``residue``-th residue (1-based) that has both."""
+    if name not in ("phi", "psi"):
         raise ValueError(f"unknown dihedral {name!r}; use 'phi' or 'psi'")
-    idx, _ = fn(mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology))
-    if len(idx) == 0:
-        raise ValueError(f"the topology has no {name} dihedral")
-    return [int(i) for i in idx[0]]
+    res = backbone_residues(topology)
+    if not res:
+        raise ValueError("the topology has no residue with both phi and psi dihedrals")
+    if not 1 <= int(residue) <= len(res):
+        raise ValueError(f"--residue must be between 1 and {len(res)} (residues with phi and psi: "
+                         f"{', '.join(r[0] for r in res)}), got {residue}")
+    return res[int(residue) - 1][1 if name == "phi" else 2]
+
+
+def residue_name(topology, residue: int = 1) -> str:
+    """The name of the ``residue``-th residue with phi and psi (checked as in :func:`dihedral_atoms`)."""
+    dihedral_atoms(topology, "phi", residue)
+    return backbone_residues(topology)[int(residue) - 1][0]
 
 
 def omega_atoms(topology) -> list[list[int]]:
