@@ -5,8 +5,8 @@ residue each (`molsample umbrella SYSTEM --residue K`).
 For every residue with a phi angle, p(0 < phi < pi) and dF = -log(p / (1 - p)) (kT) from each samples
 file by self-normalised importance sampling (bootstrap error over samples), the files' mean with the
 error of the mean taken as the larger of the bootstrap's and the spread over files, and the reference's
-MBAR estimate with its error; the difference in combined standard errors. Also the Kish ESS and the
-det <= 0 count of each file.
+MBAR estimate with its error; the difference in combined standard errors. Also the Kish ESS, the det <= 0
+count of each file and the effective draws inside each residue's phi > 0 state, on which its estimate rests.
 
     python benchmarks/peptide_states.py --system ala3 --reference systems/ala3/reference/ala3_pt_2x2ns.npz \
         [--reference systems/ala3/reference/ala3_pt_2x2.5ns_s34.npz] runs/ala3_eval/s1.npz runs/ala3_eval/s2.npz \
@@ -63,18 +63,24 @@ def main(argv=None) -> int:
         row = {"file": f, "ess": ess(d["log_w"], n_boot=0).value, "n": int(len(d["log_w"])),
                "det_nonpositive": meta.get("n_nonpositive_det"), "residues": {}}
         for j, name in enumerate(names):
-            est = snis(d["log_w"], phi_positive(phi[:, j]), args.n_boot, rng)
-            row["residues"][name] = {"p": est.value, "p_se": est.stderr}
+            ind = phi_positive(phi[:, j]).astype(bool)
+            est = snis(d["log_w"], ind, args.n_boot, rng)
+            # effective draws inside the state (Kish, of the weights restricted to it): the estimate of p rests on
+            # them, and with a few dozen its bootstrap error is not to be trusted
+            n_in = float(ess(d["log_w"][ind], n_boot=0).value * ind.sum()) if ind.any() else 0.0
+            row["residues"][name] = {"p": est.value, "p_se": est.stderr, "effective_in_state": n_in}
         per_file.append(row)
     out = {"system": args.system, "reference": args.reference, "files": per_file, "residues": {}}
     refs = " + ".join(Path(r).name for r in args.reference)
     lines = [f"# {args.system}: each residue's phi > 0 state, one-step samples vs {refs}", ""]
     if per_file:
-        lines += ["| file | Kish ESS | det <= 0 | " + " | ".join(f"p(phi > 0) {n}" for n in ref_res) + " |",
+        lines += ["p(phi > 0) of each residue, in brackets the effective draws (Kish) inside the state:", "",
+                  "| file | Kish ESS | det <= 0 | " + " | ".join(f"p(phi > 0) {n}" for n in ref_res) + " |",
                   "|---|---|---|" + "---|" * len(ref_res)]
     for row in per_file:
         lines.append(f"| {Path(row['file']).name} | {row['ess']:.3f} | {row['det_nonpositive']} | "
-                     + " | ".join(f"{row['residues'][n]['p']:.4f} +- {row['residues'][n]['p_se']:.4f}" for n in ref_res)
+                     + " | ".join(f"{row['residues'][n]['p']:.4f} +- {row['residues'][n]['p_se']:.4f} "
+                                  f"({row['residues'][n]['effective_in_state']:,.0f})" for n in ref_res)
                      + " |")
     if per_file:
         lines += ["", "| residue | one-step dF (kT) | reference dF (kT) | difference (combined SE) |", "|---|---|---|---|"]

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mdtraj
 import numpy as np
@@ -243,6 +244,51 @@ def test_ctrl_c_during_md_keeps_every_frame_and_resume_equals_an_uninterrupted_r
     a, b = mdtraj.load(str(tmp_path / "a.h5")), mdtraj.load(str(tmp_path / "b.h5"))
     assert a.n_frames == b.n_frames == 2000
     assert np.array_equal(a.xyz, b.xyz)          # same seed: the interruption lost and duplicated nothing
+
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of the processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_sigterm_to_umbrella_stops_its_workers_and_a_rerun_reuses_the_windows(tmp_path):
+    # a scheduler's SIGTERM reaches the parent alone: its chain workers must stop too, not run on unattended
+    out = tmp_path / "u.npz"
+    args = ["umbrella", "aldp", "--windows", "4", "--kappa", "5", "--ns-per-window", "0.02", "--equilibration", "1",
+            "--steer", "1", "--workers", "2", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "molsample.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    windows = tmp_path / "u.windows"
+    _wait_for(lambda: windows.is_dir() and len(_children(proc.pid)) >= 2)
+    workers = _children(proc.pid)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err and "interrupted" in err and "run the same command" in err, err
+    _wait_for(lambda: not any(_alive(p) for p in workers), timeout=30)
+    assert not out.exists()
+    kept = sorted(windows.glob("window_*.npz"))
+    assert len(kept) < 4
+    assert main(args) == 0                          # the rerun reuses the finished windows and completes
+    assert len(list(windows.glob("window_*.npz"))) == 4 and out.is_file()
 
 
 # --------------------------------------------------------------------------- unreadable inputs

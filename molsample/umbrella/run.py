@@ -17,7 +17,7 @@ import numpy as np
 
 from ..io import save_samples
 from ..md import langevin_context
-from ..runtime import progress_bar
+from ..runtime import Interrupted, progress_bar, stop_on_signal
 from .mbar import mbar_analysis
 from .windows import (RESTRAINT_EXPRESSION, RESTRAINT_GROUP, UmbrellaSettings, _settings_json, all_centres, chains,
                       chirality, chirality_atoms, dihedral, dihedral_atoms, kappas, omega_atoms, residue_name,
@@ -61,10 +61,31 @@ def _geometry(xyz: np.ndarray, topology, residue: int = 1) -> dict:
             "chirality": np.stack([chirality(xyz, q) for q in chirality_atoms(topology)], axis=1)}
 
 
-def run_chain(settings: UmbrellaSettings, chain_id: int, ks: list[int], workdir: Path) -> list[str]:
+_STOP = None          # in a chain's worker process: (the event the parent sets on SIGINT / SIGTERM, the parent's pid)
+
+
+def _worker_init(stop_event) -> None:
+    """Chain workers ignore SIGINT and SIGTERM (the parent gets them, or the whole process group does) and stop
+    when the parent sets ``stop_event`` or is gone (killed with SIGKILL)."""
+    import signal
+    global _STOP
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _STOP = (stop_event, os.getppid())
+
+
+def _run_chain_worker(settings, chain_id, ks, workdir):
+    event, parent = _STOP
+    return run_chain(settings, chain_id, ks, workdir, should_stop=lambda: event.is_set() or os.getppid() != parent)
+
+
+def run_chain(settings: UmbrellaSettings, chain_id: int, ks: list[int], workdir: Path,
+              should_stop=lambda: False) -> list[str]:
     """Run the windows ``ks`` in order in one OpenMM context: the first is reached from the minimised
     structure by steering the restraint centre, each later one starts from the previous window's last
-    state. Finished windows (files in ``workdir``) are kept; a resumed chain continues from the last one."""
+    state. Finished windows (files in ``workdir``) are kept; a resumed chain continues from the last one.
+    When ``should_stop()`` becomes true the chain returns the windows finished so far (the window under way
+    is dropped)."""
     import openmm
     from openmm import unit
 
@@ -120,6 +141,8 @@ def run_chain(settings: UmbrellaSettings, chain_id: int, ks: list[int], workdir:
         xyz = np.empty((n_samples, target.n_particles, 3))
         energy, restraint = np.empty(n_samples), np.empty(n_samples)
         for i in range(n_samples):
+            if i % 50 == 0 and should_stop():
+                return files
             integrator.step(settings.sample_every)
             st = ctx.getState(getPositions=True, getEnergy=True, groups=unbiased)
             xyz[i] = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
@@ -179,16 +202,26 @@ def run_umbrella(settings: UmbrellaSettings, out: str | Path, workers: int | Non
     paths = chains(settings, workers, np.array([geo[n][0] for n in restrained_angles(settings)]))
     n_windows = len(all_centres(settings))
     done = lambda: sum(1 for _ in workdir.glob("window_*.npz"))
-    with ProcessPoolExecutor(max_workers=len(paths), mp_context=multiprocessing.get_context("spawn")) as pool, \
+    ctx = multiprocessing.get_context("spawn")
+    event = ctx.Event()
+    # SIGINT / SIGTERM set the stop flag: the chains end at their next check and the run says how to go on
+    with stop_on_signal() as stop, \
+            ProcessPoolExecutor(max_workers=len(paths), mp_context=ctx, initializer=_worker_init,
+                                initargs=(event,)) as pool, \
             progress_bar(total=n_windows, initial=done(), desc=f"umbrella {settings.system}", unit="window",
                          enabled=progress) as bar:
-        futures = [pool.submit(run_chain, settings, i, p, workdir) for i, p in enumerate(paths)]
+        futures = [pool.submit(_run_chain_worker, settings, i, p, workdir) for i, p in enumerate(paths)]
         while not all(f.done() for f in futures):
-            time.sleep(1.0)
+            time.sleep(0.2)
+            if stop and not event.is_set():
+                event.set()
             bar.update(done() - bar.n)
         for f in futures:
             f.result()
         bar.update(done() - bar.n)
+    if stop or done() < n_windows:
+        raise Interrupted(f"interrupted; {done()} of {n_windows} windows saved in {workdir}; run the same command "
+                          "again to continue from them")
     files = [str(workdir / f"window_{k:04d}.npz") for k in range(n_windows)]
     if progress:
         print(f"umbrella {settings.system}: MBAR over {n_windows} windows ...", file=sys.stderr, flush=True)
