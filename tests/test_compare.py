@@ -28,6 +28,28 @@ def test_two_state_free_energy_with_known_answer():
     assert abs(delta_f_from_fraction(p2, dp2)["value"] - 2.0) < 4 * delta_f_from_fraction(p2, dp2)["stderr"]
 
 
+def test_a_population_resting_on_few_effective_draws_is_flagged():
+    from molsample.analysis.compare import MIN_EFFECTIVE_IN_STATE, state_estimates
+    from molsample.analysis.ensembles import Ensemble
+    rng = np.random.default_rng(2)
+    n = 20_000
+    phi = np.where(rng.random(n) < 0.3, 1.0, -1.5)
+    inside = phi > 0
+    ens = lambda log_w: Ensemble("s", "sampler", np.zeros((n, 1, 3)), np.zeros(n), log_w=log_w, phi=phi,
+                                 psi=np.zeros(n))
+    even = state_estimates(ens(np.zeros(n)))["dF_phi_positive_minus_negative_kT"]
+    assert even["effective_in_state"] == pytest.approx(inside.sum()) and "note" not in even
+    # inside the state the weight sits on a few draws: Kish (sum w)^2 / sum w^2 over them, and a note
+    lw = np.where(inside, -20.0, 0.0)
+    lw[np.flatnonzero(inside)[:3]] = [0.0, 0.0, math.log(2.0)]
+    few = state_estimates(ens(lw))["dF_phi_positive_minus_negative_kT"]
+    w = np.exp(lw[inside])
+    assert few["effective_in_state"] == pytest.approx(w.sum() ** 2 / (w ** 2).sum()) and few["effective_in_state"] < 4
+    assert few["effective_in_state"] < MIN_EFFECTIVE_IN_STATE and "too few" in few["note"]
+    raw = state_estimates(ens(lw), use_weights=False)["p_phi_positive"]     # unweighted: the draws themselves
+    assert raw["effective_in_state"] == inside.sum()
+
+
 def test_md_error_uses_the_statistical_inefficiency():
     rng = np.random.default_rng(1)
     iid = (rng.random(20_000) < 0.3).astype(float)

@@ -104,10 +104,35 @@ def state_estimates(ens: Ensemble, use_weights: bool = True) -> dict:
     for name in BASINS:
         p, dp, missing = estimate(ind[name])
         out["basins"][name] = missing or {"value": p, "stderr": dp}
-    p, dp, missing = estimate(phi_positive(ens.phi))
+    ind_pos = phi_positive(ens.phi)
+    p, dp, missing = estimate(ind_pos)
     out["p_phi_positive"] = missing or {"value": p, "stderr": dp}
     out["dF_phi_positive_minus_negative_kT"] = missing or delta_f_from_fraction(p, dp)
+    if not ens.correlated and not missing:
+        # independent draws: the estimate of p rests on the (effective) draws inside the state
+        n_in = effective_in_state(ens, ind_pos, use_weights)
+        for key in ("p_phi_positive", "dF_phi_positive_minus_negative_kT"):
+            out[key]["effective_in_state"] = n_in
+            if n_in < MIN_EFFECTIVE_IN_STATE:
+                out[key]["note"] = (f"rests on {n_in:.0f} effective draws inside phi > 0 (fewer than "
+                                    f"{MIN_EFFECTIVE_IN_STATE}): too few for its error bar to be trusted")
     return out
+
+
+MIN_EFFECTIVE_IN_STATE = 100     # below this a weighted population's bootstrap error is not to be trusted
+
+
+def effective_in_state(ens: Ensemble, indicator: np.ndarray, use_weights: bool = True) -> float:
+    """Kish effective number of the independent draws inside a state, (sum w)^2 / sum w^2 over the draws with
+    ``indicator`` (the count of draws when unweighted). A population estimated from a few dozen heavy-tailed
+    weights is typically too low, with a bootstrap error that does not show it."""
+    ind = np.asarray(indicator, dtype=bool)
+    log_w = (ens.angle_log_w if ens.angle_log_w is not None and len(ind) == len(ens.angle_log_w)
+             else ens.log_w) if use_weights else None
+    if log_w is None:
+        return float(ind.sum())
+    w = _weights(log_w)[ind]
+    return float(w.sum() ** 2 / (w ** 2).sum()) if w.sum() > 0 else 0.0
 
 
 def _angle_weights(ens: Ensemble, use_weights: bool):
@@ -286,6 +311,11 @@ def write_report(metrics: dict, sample: Ensemble, ref: Ensemble, out_dir: Path) 
                  ("KL (phi, psi)", lambda m: f"{m['kl_phi_psi']:.4f}"),
                  ("W2 torus (phi, psi)", lambda m: f"{m['w2_torus_phi_psi']:.4f}"),
                  ("dF(phi>0 vs phi<0) (kT)", lambda m: _cell(m["dF_phi_positive_minus_negative_kT"], 3)),
+                 ("effective draws in phi > 0", lambda m: "" if "effective_in_state" not in
+                  m["dF_phi_positive_minus_negative_kT"] else
+                  f"{m['dF_phi_positive_minus_negative_kT']['effective_in_state']:,.0f}"
+                  + (" (too few to trust the error)" if m["dF_phi_positive_minus_negative_kT"]["effective_in_state"]
+                     < MIN_EFFECTIVE_IN_STATE else "")),
                  ("dF - reference (z)", lambda m: "not compared" if m["dF_minus_reference_kT"]["value"] is None
                   else "{:.3f} ({:.1f} sigma)".format(m["dF_minus_reference_kT"]["value"],
                                                       m["dF_minus_reference_kT"]["z"]))]
