@@ -161,3 +161,62 @@ def test_local_base_options_need_the_local_network():
     with pytest.raises(ConfigError, match="torsion_bonds"):
         ICBaseConfig(local=True, torsion_bonds=-2)
     assert ICBaseConfig(local=True, parent_bonds=-1).fit_kwargs()["parent_bonds"] == -1
+
+
+def test_state_mixture_base_is_exact_restorable_and_proposes_the_rare_state_from_its_own_fit(aldp, tmp_path):
+    # the base of all frames (70 %) and one fitted to the phi > 0 frames (30 %): the density of every draw is the
+    # exact mixture density whichever component drew it, it survives a checkpoint, and 30 % of the draws come from
+    # the fit to the rare state
+    from molsample.analysis.basins import phi_positive
+    from molsample.coords.base import StateMixtureBase
+    from molsample.coords.config import ICExperimentConfig
+    from molsample.coords.model import base_from_state, base_state
+    from molsample.data import load_frames
+    from molsample.schema import ConfigError
+    from molsample.umbrella.windows import dihedral, dihedral_atoms
+    from conftest import ROOT
+    cart, ic, x_md, lw_md = aldp
+    x, lw = load_frames(ROOT / "systems" / "aldp" / "reference" / "aldp_umbrella_2d_30x18.npz", cart)
+    x, lw = x[::3], lw[::3]
+    base = StructuredBase.fit(ic, x, lw, cart.topology)
+    mix = StateMixtureBase.fit(base, x, lw, cart.topology, share=0.3, power=0.5)
+    assert mix.names == ["ALA2 phi > 0"] and np.allclose(mix.log_pi.exp().numpy(), [0.7, 0.3])
+    y, log_q = mix.sample(4000, torch.Generator().manual_seed(5))
+    ok = torch.isfinite(log_q)
+    assert ok.float().mean() > 0.99
+    direct = torch.log(0.7 * base.log_prob(y).exp() + 0.3 * mix.components[1].log_prob(y).exp())
+    assert torch.allclose(log_q[ok], direct[ok], atol=1e-8) and torch.allclose(mix.log_prob(y)[ok], log_q[ok])
+    again = base_from_state(ic, base_state(mix))
+    assert isinstance(again, StateMixtureBase) and torch.allclose(again.log_prob(y), mix.log_prob(y), atol=1e-12)
+    target = InternalCoordinateTarget(cart, ic=ic)
+    phi_atoms = dihedral_atoms(cart.topology, "phi")
+
+    def share_in_state(yy):
+        xx, _ = target.to_cartesian(yy)
+        return phi_positive(dihedral(xx.numpy(), phi_atoms)).mean()
+    y0, _ = base.sample(4000, torch.Generator().manual_seed(5))
+    # the component fitted to the phi > 0 frames draws (nearly) only there: 30 % of the draws on top of the base's
+    assert share_in_state(y) > share_in_state(y0) + 0.25
+    # the sampler draws it as the base alone (no map), with exact weights, and refuses a map or more steps
+    from molsample.coords.flow import LipschitzResidualMap
+    from molsample.coords.model import InternalSampler
+    flow = LipschitzResidualMap(len(base.soft), base.n_linear, hidden=8, layers=1, lipschitz=0.9,
+                                generator=torch.Generator().manual_seed(0))
+    sampler = InternalSampler(cart, mix, flow)
+    d = sampler.draw(500, torch.Generator().manual_seed(1))
+    fin = torch.isfinite(d["log_q"])
+    assert (d["sign"] > 0).all() and fin.float().mean() > 0.99 and torch.isfinite(d["log_w"][fin]).all()
+    y_back = ic.forward(d["x"])
+    assert torch.allclose(mix.log_prob(y_back)[fin], d["log_q"][fin], atol=1e-6)
+    with pytest.raises(ValueError, match="mixture base"):
+        sampler.draw(10, torch.Generator().manual_seed(1), steps=2)
+    with pytest.raises(ValueError, match="frames with ALA2's phi > 0"):     # 300 K MD never visits phi > 0
+        StateMixtureBase.fit(base, x_md, lw_md, cart.topology, share=0.3, power=0.5)
+    from molsample.coords.config import ICBaseConfig
+    yaml_file = tmp_path / "mix.yaml"
+    yaml_file.write_text("route: internal\ntarget: aldp\ndata: {paths: [x.npz]}\nbase: {state_mixture: 0.3}\n"
+                         "train: {iterations: 10}\n")
+    with pytest.raises(ConfigError, match="set train.iterations: 0"):
+        ICExperimentConfig.load(yaml_file)
+    with pytest.raises(ConfigError, match="state_mixture"):
+        ICBaseConfig(state_mixture=1.0)

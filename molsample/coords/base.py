@@ -361,3 +361,72 @@ def _fit_local_gaussian(f: np.ndarray, h: np.ndarray, w: np.ndarray, feature_tor
 
 def _std_normal_log_prob(eps: torch.Tensor) -> torch.Tensor:
     return -0.5 * (eps ** 2).sum(1) - 0.5 * eps.shape[1] * math.log(2 * math.pi)
+
+
+class StateMixtureBase:
+    """q(y) = sum_c pi_c q_c(y): a structured base fitted to all frames (c = 0, weight pi_0) and one per
+    named state (a residue's phi > 0 state), fitted to the frames in it, sharing the rest of the weight.
+
+    A residue's rare state gets its own well-fitted proposal, so the estimate of its population rests on
+    many effective draws instead of a few dozen heavy-tailed weights. The density is exact for every
+    draw whichever component drew it (the log-sum-exp of the components' exact densities); a draw whose
+    stiff torsion left its component's window gets log q = -inf, as from a single base. The mixture has
+    no single latent space, so it is used without a map (the base alone)."""
+
+    def __init__(self, components: list[StructuredBase], log_pi: np.ndarray, names: list[str]):
+        if len(components) != len(log_pi) or len(names) != len(components) - 1:
+            raise ValueError("one log weight per component and one name per state component")
+        self.components, self.names = list(components), list(names)
+        self.log_pi = torch.as_tensor(np.asarray(log_pi, dtype=np.float64))
+        if not abs(float(torch.logsumexp(self.log_pi, 0))) < 1e-9:
+            raise ValueError("the mixture weights must sum to 1")
+        c0 = self.components[0]
+        # what the map's constructor and the checkpoint's Z-matrix check read: the first component's
+        self.ic, self.soft, self.n_linear = c0.ic, c0.soft, c0.n_linear
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """Exact log density of internal coordinates y (B, 3N - 6) under the mixture."""
+        terms = [c.log_prob(y) + float(lp) for c, lp in zip(self.components, self.log_pi)]
+        return torch.logsumexp(torch.stack(terms), dim=0)
+
+    def sample(self, n: int, generator: torch.Generator, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """n draws (y, log q(y)) in random order: each from component c with probability pi_c."""
+        which = torch.multinomial(self.log_pi.exp(), n, replacement=True, generator=generator)
+        y = torch.empty(n, self.ic.dim, dtype=torch.float64)
+        valid = torch.ones(n, dtype=torch.bool)
+        for c, comp in enumerate(self.components):
+            idx = torch.nonzero(which == c).flatten()
+            if len(idx):
+                yc, lq = comp.sample(len(idx), generator)
+                y[idx], valid[idx] = yc, torch.isfinite(lq)
+        log_q = torch.where(valid, self.log_prob(y), torch.full((n,), -math.inf, dtype=torch.float64))
+        return y.to(dtype), log_q.to(dtype)
+
+    def describe(self) -> dict:
+        return {"mixture": {"weights": self.log_pi.exp().tolist(), "states": self.names},
+                **self.components[0].describe()}
+
+    @classmethod
+    def fit(cls, base: StructuredBase, x: np.ndarray, log_w: np.ndarray, topology, share: float, power: float,
+            **fit_kwargs) -> "StateMixtureBase":
+        """``base`` (weight 1 - share) and, per residue with phi and psi, a base of the same settings fitted to
+        the frames x with that residue's 0 < phi < pi, weighted by w^power (share / residues each)."""
+        from ..umbrella.windows import backbone_residues, dihedral
+        residues = backbone_residues(topology)
+        if not residues:
+            raise ValueError("base.state_mixture: the molecule has no residue with phi and psi")
+        if not 0 < share < 1:
+            raise ValueError(f"base.state_mixture must lie in (0, 1), got {share}")
+        comps, names = [base], []
+        lw = power * (np.asarray(log_w, dtype=np.float64) - np.max(log_w))
+        for name, phi_atoms, _ in residues:
+            inside = dihedral(x, phi_atoms) > 0
+            if inside.sum() < 50:
+                raise ValueError(f"base.state_mixture: only {int(inside.sum())} frames with {name}'s phi > 0 "
+                                 "(at least 50 are needed to fit its component); add frames that visit it "
+                                 "(replica exchange, an umbrella along its phi)")
+            comps.append(StructuredBase.fit(base.ic, x[inside], lw[inside], topology, **fit_kwargs))
+            names.append(f"{name} phi > 0")
+        k = len(residues)
+        log_pi = np.log(np.r_[1.0 - share, np.full(k, share / k)])
+        return cls(comps, log_pi, names)

@@ -38,12 +38,17 @@ class ICBaseConfig:
     local: bool = False                    # p(h | s) as a sparse network along the bond graph (else one full covariance)
     parent_bonds: int = 0                  # local: earlier coordinates within this many bonds are parents (-1: none)
     torsion_bonds: int = 0                 # local: soft torsions about bonds within this many bonds feed the mean (-1: none)
+    state_mixture: float = 0.0             # > 0: this share of the draws from one base per residue's phi > 0 frames
+    state_power: float = 0.5               # those components fitted to the frames weighted by w^state_power
 
     def __post_init__(self):
         check_ranges(self, "base", {"stiff_below": ">=0", "bins_2d": ">=1", "bins_1d": ">=1", "smooth_bins": ">=0",
                                     "floor": "[0,1]", "order": ">=0", "ridge": ">=0", "refine_rounds": ">=0",
                                     "refine_samples": ">=1", "refine_min_ess": "[0,1]", "parent_bonds": ">=-1",
-                                    "torsion_bonds": ">=-1"})
+                                    "torsion_bonds": ">=-1", "state_power": ">=0"})
+        if not 0 <= self.state_mixture < 1:
+            raise ConfigError(f"base.state_mixture = {self.state_mixture}: the share of the per-state components "
+                              "must lie in [0, 1)")
         if not self.local:
             for key in ("parent_bonds", "torsion_bonds"):
                 if getattr(self, key) != 0:
@@ -121,6 +126,9 @@ class ICExperimentConfig:
         return from_dict(cls, apply_overrides(load_yaml(path), overrides), str(path))
 
     def __post_init__(self):
+        if self.base.state_mixture > 0 and self.train.iterations > 0:
+            raise ConfigError("base.state_mixture: a mixture of bases has no single latent space for the one-step "
+                              "map to act on; it is sampled alone (set train.iterations: 0)")
         if max(self.train.steps) > 1 and not self.map.step_conditioned:
             raise ConfigError(f"train.steps {list(self.train.steps)}: K > 1 needs a step-conditioned map "
                               "(map.step_conditioned: true)")

@@ -31,7 +31,7 @@ __all__ = ["ICBaseConfig", "ICDataConfig", "ICExperimentConfig", "ICMapConfig", 
            "base_from_state", "base_state", "build_sampler", "is_internal_checkpoint", "is_internal_config",
            "load_internal_checkpoint", "refine_base", "training_frames"]
 from ..io import INTERNAL_FORMAT as FORMAT
-from .base import StructuredBase, TorusHistogram
+from .base import StateMixtureBase, StructuredBase, TorusHistogram
 from .flow import LipschitzResidualMap, OneStepSampler
 from .graph import GraphResidualMap
 from .target import InternalCoordinateTarget
@@ -42,8 +42,12 @@ CHECKPOINT = "checkpoint.pt"
 
 # ------------------------------------------------------------------------------------------ model
 
-def base_state(base: StructuredBase) -> dict:
-    """The fitted base as tensors and lists (for a weights_only checkpoint)."""
+def base_state(base) -> dict:
+    """The fitted base (a StructuredBase or a StateMixtureBase) as tensors and lists (for a weights_only
+    checkpoint)."""
+    if isinstance(base, StateMixtureBase):
+        return {"mixture": [base_state(c) for c in base.components], "log_pi": base.log_pi.clone(),
+                "names": list(base.names)}
     return {"lead": base.lead.clone(), "soft": base.soft.clone(), "centre": base.centre.clone(),
             "groups": [list(map(int, g)) for g in base.groups],
             "histograms": [{"prob": torch.as_tensor(h.prob), "bins": int(h.bins)} for h in base.histograms],
@@ -51,7 +55,10 @@ def base_state(base: StructuredBase) -> dict:
             "pairs": [list(map(int, p)) for p in base.pairs]}
 
 
-def base_from_state(ic: InternalCoordinates, s: dict) -> StructuredBase:
+def base_from_state(ic: InternalCoordinates, s: dict):
+    if "mixture" in s:
+        return StateMixtureBase([base_from_state(ic, c) for c in s["mixture"]], s["log_pi"].numpy(),
+                                [str(n) for n in s["names"]])
     hists = [TorusHistogram(h["prob"].numpy(), int(h["bins"])) for h in s["histograms"]]
     return StructuredBase(ic, s["lead"].numpy(), s["soft"].numpy(), s["centre"].numpy(),
                           [tuple(g) for g in s["groups"]], hists, s["coef"].numpy(), s["chol"].numpy(),
@@ -75,9 +82,16 @@ class InternalSampler:
         the step's det <= 0), the sign of each step's det, and the count of draws outside the domain."""
         xs, lqs, lws, signs, ood = [], [], [], [], 0
         wts = self.flow.normalised()
+        mixture = isinstance(self.base, StateMixtureBase)
+        if mixture and (steps != 1 or not self.flow.is_identity()):
+            raise ValueError("a mixture base is sampled alone: its map must stay at the identity, with one step")
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
-            d = self.one_step.draw(m, generator, wts, with_log_det=True, steps=steps)
+            if mixture:                      # the base alone: y and its exact mixture density, no map
+                y, log_q = self.base.sample(m, generator)
+                d = {"y": y, "log_q": log_q, "sign": torch.ones(m, dtype=torch.float64)}
+            else:
+                d = self.one_step.draw(m, generator, wts, with_log_det=True, steps=steps)
             if weights:
                 lw, x = self.target.log_weights_and_positions(d["y"], d["log_q"])
                 lws.append(lw)
@@ -116,14 +130,18 @@ def build_sampler(cfg: ICExperimentConfig, generator: torch.Generator | None = N
         if cfg.base.refine_rounds:
             base, refine_log = refine_base(base, InternalCoordinateTarget(cart, ic=ic), cfg.base,
                                            torch.Generator().manual_seed(cfg.seed + 2), progress=progress)
+        if cfg.base.state_mixture > 0:
+            base = StateMixtureBase.fit(base, x, log_w, cart.topology, cfg.base.state_mixture, cfg.base.state_power,
+                                        **cfg.base.fit_kwargs())
     else:
         base = base_from_state(ic, base_state_dict)
     mc = cfg.map
+    fb = base.components[0] if isinstance(base, StateMixtureBase) else base   # a mixture's map stays the identity
     if mc.kind == "graph":
-        flow = GraphResidualMap(cart, base, hidden=mc.hidden, layers=mc.layers, lipschitz=mc.lipschitz, rbf=mc.rbf,
+        flow = GraphResidualMap(cart, fb, hidden=mc.hidden, layers=mc.layers, lipschitz=mc.lipschitz, rbf=mc.rbf,
                                 r_max=mc.r_max, generator=generator, step_conditioned=mc.step_conditioned)
     else:
-        flow = LipschitzResidualMap(len(base.soft), base.n_linear, hidden=mc.hidden, layers=mc.layers,
+        flow = LipschitzResidualMap(len(fb.soft), fb.n_linear, hidden=mc.hidden, layers=mc.layers,
                                     lipschitz=mc.lipschitz, generator=generator, step_conditioned=mc.step_conditioned)
     sampler = InternalSampler(cart, base, flow)
     sampler.refine_log = refine_log
