@@ -66,13 +66,19 @@ def _weighted_fraction(indicator, log_w, n_boot=200, seed=0) -> tuple[float, flo
     return p, float(np.std(boots, ddof=1))
 
 
+def _indicator_log_w(ens: Ensemble, n: int, use_weights: bool):
+    """The log weights that go with n per-row indicators: the angles' (umbrella, replica exchange: every sample,
+    more rows than conformations) where they match, else the conformations'; None unweighted."""
+    if not use_weights:
+        return None
+    return ens.angle_log_w if ens.angle_log_w is not None and n == len(ens.angle_log_w) else ens.log_w
+
+
 def fraction(ens: Ensemble, indicator: np.ndarray, use_weights: bool = True) -> tuple[float, float]:
     """Population of a state with its standard error, by the method suited to the ensemble."""
     if ens.correlated:
         return _md_fraction(indicator, ens.segments)
-    log_w = (ens.angle_log_w if ens.angle_log_w is not None and len(indicator) == len(ens.angle_log_w)
-             else ens.log_w) if use_weights else None
-    return _weighted_fraction(indicator.astype(float), log_w)
+    return _weighted_fraction(indicator.astype(float), _indicator_log_w(ens, len(indicator), use_weights))
 
 
 def delta_f_from_fraction(p: float, dp: float) -> dict:
@@ -127,8 +133,7 @@ def effective_in_state(ens: Ensemble, indicator: np.ndarray, use_weights: bool =
     ``indicator`` (the count of draws when unweighted). A population estimated from a few dozen heavy-tailed
     weights is typically too low, with a bootstrap error that does not show it."""
     ind = np.asarray(indicator, dtype=bool)
-    log_w = (ens.angle_log_w if ens.angle_log_w is not None and len(ind) == len(ens.angle_log_w)
-             else ens.log_w) if use_weights else None
+    log_w = _indicator_log_w(ens, len(ind), use_weights)
     if log_w is None:
         return float(ind.sum())
     w = _weights(log_w)[ind]
@@ -212,7 +217,8 @@ def _same_residue(sample: Ensemble, ref: Ensemble, target) -> str | None:
     if not names or target.topology is None:
         return None
     name = names[0][1]
-    from ..umbrella.windows import backbone_residues, dihedral
+    from ..umbrella.windows import dihedral
+    from .timeseries import backbone_residues
     res = {r[0]: r for r in backbone_residues(target.topology)}
     if name not in res:
         raise ValueError(f"residue {name!r} of the reference is not one of {target.name}'s ({', '.join(res)})")

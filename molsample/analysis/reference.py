@@ -176,7 +176,7 @@ def pack_weighted(kind: str, files: list[str | Path], target, out: str | Path, n
     for r in runs:
         r.setdefault("share", 1)
     if kind == "umbrella" and target.topology is not None:   # a run without a residue restrained the first one
-        from ..umbrella.windows import backbone_residues
+        from .timeseries import backbone_residues
         first = backbone_residues(target.topology)
         for r in runs:
             if first and not r["estimates"].get("residue"):

@@ -27,6 +27,23 @@ def residue_phi(traj) -> tuple[list[str], np.ndarray]:
     return [str(traj.topology.atom(int(q[1])).residue) for q in atoms], phi
 
 
+def backbone_residues(topology) -> list[tuple[str, list[int], list[int]]]:
+    """(name, phi atoms, psi atoms) of every residue that has both backbone torsions, in chain order
+    (e.g. ALA2 of alanine dipeptide; ALA2, ALA3, ALA4 of the capped tetrapeptide). A residue is named as
+    mdtraj prints it; phi belongs to the residue of its N atom, psi to the residue of its CA atom."""
+    import mdtraj
+    traj = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology)
+    phi, _ = mdtraj.compute_phi(traj)
+    psi, _ = mdtraj.compute_psi(traj)
+    by_res = {int(topology.atom(int(q[1])).residue.index): [int(i) for i in q] for q in psi}
+    out = []
+    for q in phi:
+        res = topology.atom(int(q[1])).residue
+        if res.index in by_res:
+            out.append((str(res), [int(i) for i in q], by_res[res.index]))
+    return out
+
+
 def backbone_dihedrals(traj) -> dict[str, np.ndarray]:
     """phi and psi (radians, first residue with both) of an mdtraj trajectory, or {} if it has none."""
     import mdtraj

@@ -242,7 +242,7 @@ class StructuredBase:
         parents are the earlier ones whose atoms lie within ``parent_bonds`` bonds of its own (0: share
         an atom; -1: none), and its mean follows the soft torsions whose axis lies within
         ``torsion_bonds`` bonds of its atoms (-1: none, a constant mean)."""
-        import mdtraj
+        from ..analysis.timeseries import backbone_residues
 
         y = ic.forward(torch.as_tensor(x, dtype=torch.float64))
         w = np.ones(len(y)) if log_w is None else np.exp(np.asarray(log_w) - np.max(log_w))
@@ -259,15 +259,7 @@ class StructuredBase:
         centre, spread = circular_spread(rel, w)
         soft = np.flatnonzero(spread >= stiff_below)
         # (phi, psi) pairs of each residue among the soft torsions, by the bond they turn about
-        pairs_atoms = []
-        dummy = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology)
-        phi_idx, psi_idx = mdtraj.compute_phi(dummy)[0], mdtraj.compute_psi(dummy)[0]
-        by_residue: dict = {}
-        for kind, table in (("phi", phi_idx), ("psi", psi_idx)):
-            for q in table:
-                res = topology.atom(int(q[1] if kind == "phi" else q[2])).residue.index
-                by_residue.setdefault(res, {})[kind] = frozenset((int(q[1]), int(q[2])))
-        pairs_atoms = [(v["phi"], v["psi"]) for v in by_residue.values() if "phi" in v and "psi" in v]
+        pairs_atoms = [(frozenset(phi[1:3]), frozenset(psi[1:3])) for _, phi, psi in backbone_residues(topology)]
         position = {int(j): n for n, j in enumerate(soft)}
         soft_axis = {axis[j]: position[int(j)] for j in soft if lead[j] == j}
         pairs = [(soft_axis[a], soft_axis[b]) for a, b in pairs_atoms if a in soft_axis and b in soft_axis]
@@ -380,9 +372,7 @@ class StateMixtureBase:
         self.log_pi = torch.as_tensor(np.asarray(log_pi, dtype=np.float64))
         if not abs(float(torch.logsumexp(self.log_pi, 0))) < 1e-9:
             raise ValueError("the mixture weights must sum to 1")
-        c0 = self.components[0]
-        # what the map's constructor and the checkpoint's Z-matrix check read: the first component's
-        self.ic, self.soft, self.n_linear = c0.ic, c0.soft, c0.n_linear
+        self.ic = self.components[0].ic           # the checkpoint's Z-matrix check reads it
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """Exact log density of internal coordinates y (B, 3N - 6) under the mixture."""
@@ -411,7 +401,8 @@ class StateMixtureBase:
             **fit_kwargs) -> "StateMixtureBase":
         """``base`` (weight 1 - share) and, per residue with phi and psi, a base of the same settings fitted to
         the frames x with that residue's 0 < phi < pi, weighted by w^power (share / residues each)."""
-        from ..umbrella.windows import backbone_residues, dihedral
+        from ..analysis.timeseries import backbone_residues
+        from ..umbrella.windows import dihedral
         residues = backbone_residues(topology)
         if not residues:
             raise ValueError("base.state_mixture: the molecule has no residue with phi and psi")

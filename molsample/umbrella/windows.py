@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..analysis.timeseries import backbone_residues
+
 
 RESTRAINT_GROUP = 30          # OpenMM force group of the restraints (a group mask of bit 31 reads as "all groups")
 
@@ -34,23 +36,6 @@ class UmbrellaSettings:
 
 def _settings_json(settings: UmbrellaSettings) -> dict:
     return json.loads(json.dumps(asdict(settings)))
-
-
-def backbone_residues(topology) -> list[tuple[str, list[int], list[int]]]:
-    """(name, phi atoms, psi atoms) of every residue that has both backbone torsions, in chain order
-    (e.g. ALA2 of alanine dipeptide; ALA2, ALA3, ALA4 of the capped tetrapeptide). A residue is named as
-    mdtraj prints it; phi belongs to the residue of its N atom, psi to the residue of its CA atom."""
-    import mdtraj
-    traj = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology)
-    phi, _ = mdtraj.compute_phi(traj)
-    psi, _ = mdtraj.compute_psi(traj)
-    by_res = {int(topology.atom(int(q[1])).residue.index): [int(i) for i in q] for q in psi}
-    out = []
-    for q in phi:
-        res = topology.atom(int(q[1])).residue
-        if res.index in by_res:
-            out.append((str(res), [int(i) for i in q], by_res[res.index]))
-    return out
 
 
 def dihedral_atoms(topology, name: str, residue: int = 1) -> list[int]:
